@@ -1,0 +1,49 @@
+// sluice/dataplane.h — the facade a node agent drives: desired state in, kernel programmed.
+//
+// DataPlane owns the Planner's mirror of what was committed. sync() plans a partial update for
+// the Services the Snapshot marked dirty (or the whole table when needed), applies it on the
+// backend, and adopts the new mirror only if the backend succeeded. A failure leaves the
+// mirror as it was (the transaction was atomic) and makes the next sync replace the table.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <vector>
+
+#include "sluice/model.h"
+#include "sluice/nft/backend.h"
+#include "sluice/planner.h"
+
+namespace sluice {
+
+class DataPlane {
+ public:
+  // `backend` must outlive the DataPlane.
+  DataPlane(ProxyConfig cfg, nft::Backend& backend);
+
+  struct SyncResult {
+    Status status;
+    bool full = false;
+    size_t servicesPlanned = 0;
+    size_t operations = 0;
+    std::chrono::nanoseconds planTime{0};
+    std::chrono::nanoseconds applyTime{0};
+  };
+
+  // Programs what changed in `snapshot` since the last sync (consumes its dirty set).
+  // Never throws; a failed sync is retried in full by the next call.
+  SyncResult sync(Snapshot& snapshot);
+  // Makes the next sync replace the whole table (periodic verification, drift).
+  void requestFullSync() { needFull_ = true; }
+  bool fullSyncPending() const { return needFull_; }
+
+  const Planner& planner() const { return planner_; }
+  std::map<ObjectName, std::vector<Problem>> problems() const { return planner_.problems(); }
+
+ private:
+  Planner planner_;
+  nft::Backend& backend_;
+  bool needFull_ = true;
+};
+
+}  // namespace sluice

@@ -1,0 +1,97 @@
+// sluice/nft/backend.h — where transactions run: the kernel (over netlink) or the shipped fake.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "sluice/nft/transaction.h"
+#include "sluice/status.h"
+
+namespace sluice::nft {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  // Applies every operation of `tx` or none. On failure the Status names the failing operation
+  // (Status::opIndex) and carries the kernel's extended-ACK text. Applying an empty transaction
+  // is a no-op that succeeds.
+  [[nodiscard]] virtual Status apply(const Transaction& tx) = 0;
+};
+
+struct NetlinkOptions {
+  // Network namespace to open the netlink socket in: "" (the caller's), a name under
+  // /run/netns, or a path such as /proc/PID/ns/net.
+  std::string netns;
+};
+
+// The kernel backend on libnftnl + libmnl. Not thread-safe; one per owner.
+class NetlinkBackend : public Backend {
+ public:
+  static Result<std::unique_ptr<NetlinkBackend>> open(const NetlinkOptions& opts = {});
+  ~NetlinkBackend() override;
+  Status apply(const Transaction& tx) override;
+
+  // Statistics of the last apply, for benchmarks and metrics.
+  struct Stats {
+    size_t messages = 0;  // netlink messages in the batch (without begin/end)
+    size_t bytes = 0;     // batch size
+    size_t acks = 0;      // replies drained
+  };
+  const Stats& lastStats() const { return stats_; }
+
+  // Encodes `tx` into a batch without sending it (for benchmarks and encoding tests).
+  // Returns the batch bytes; `seqBase` is the first sequence number used.
+  static std::vector<uint8_t> encode(const Transaction& tx, uint32_t seqBase, size_t* messages = nullptr);
+
+ private:
+  NetlinkBackend() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  Stats stats_;
+};
+
+// An in-memory nftables with the kernel's error semantics, for node agents' tests and
+// sluice's own. Transactions are applied to a copy that replaces the state only on success.
+class FakeBackend : public Backend {
+ public:
+  FakeBackend();
+  ~FakeBackend() override;
+  FakeBackend(const FakeBackend&);
+  FakeBackend& operator=(const FakeBackend&);
+  Status apply(const Transaction& tx) override;
+
+  // The whole state as nft-like text, objects sorted by name, elements sorted, so that two
+  // equal states print equally (golden tests).
+  std::string dump() const;
+  std::string dumpTable(Family family, const std::string& table) const;
+
+  // Read access for tracers and tests.
+  struct ChainState {
+    Chain chain;
+    std::vector<Rule> rules;  // with handles assigned
+  };
+  struct SetState {
+    Set set;
+    std::map<Bytes, Element> elements;  // by key
+  };
+  struct TableState {
+    Table table;
+    std::map<std::string, ChainState> chains;
+    std::map<std::string, SetState> sets;
+    std::map<std::string, std::pair<uint64_t, uint64_t>> counters;  // name → packets, bytes
+    uint64_t nextHandle = 1;
+  };
+  const TableState* table(Family family, const std::string& name) const;
+  size_t transactionsApplied() const { return applied_; }
+
+  // Makes the next apply() fail with this status at operation `index` (fault injection).
+  void failNextAt(size_t index, Status status);
+
+ private:
+  std::map<std::pair<Family, std::string>, TableState> tables_;
+  size_t applied_ = 0;
+  std::optional<std::pair<size_t, Status>> injected_;
+};
+
+}  // namespace sluice::nft

@@ -1,0 +1,53 @@
+// sluice/nft/rule_builder.h — builds a Rule's kernel expressions and the text `nft list`
+// prints for it, in one pass, so that what sluice means and what an operator reads cannot
+// drift apart. Every statement is encoded exactly as nft 1.0.6 encodes it (verified with
+// `nft --debug=netlink`), which is what keeps sluice's table printable by nft.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "sluice/ip.h"
+#include "sluice/model.h"
+#include "sluice/nft/objects.h"
+
+namespace sluice::nft {
+
+class RuleBuilder {
+ public:
+  RuleBuilder(TableRef table, std::string chain);
+
+  // --- matches ---
+  RuleBuilder& ctStateNew();                                  // ct state new
+  RuleBuilder& ctStatusDnat();                                // ct status dnat
+  RuleBuilder& l4proto(Protocol p);                           // meta l4proto tcp
+  RuleBuilder& daddrInSet(const std::string& set);            // ip daddr @set
+  RuleBuilder& saddrInPrefix(const IPPrefix& p, bool negate); // ip saddr [!=] 198.18.0.0/16
+  RuleBuilder& saddrDaddrInSet(const std::string& set);       // ip saddr . ip daddr @set
+  RuleBuilder& markAndEq(uint32_t mask, uint32_t value);      // meta mark & M == V
+  // --- statements ---
+  RuleBuilder& markSetOr(uint32_t bits);                      // meta mark set meta mark | B
+  RuleBuilder& markSetXor(uint32_t bits);                     // meta mark set meta mark ^ B
+  RuleBuilder& daddrProtoPortVmap(const std::string& map);    // ip daddr . meta l4proto . th dport vmap @map
+  // meta l4proto must be matched first; endpoints are (address, port), each one numgen slot.
+  RuleBuilder& dnatNumgen(const std::vector<std::pair<IPAddress, uint16_t>>& endpoints);
+  RuleBuilder& masquerade(bool fullyRandom);
+  RuleBuilder& reject();
+  RuleBuilder& verdict(VerdictCode code, const std::string& chain = {});
+  RuleBuilder& jump(const std::string& chain) { return verdict(VerdictCode::kJump, chain); }
+  RuleBuilder& goTo(const std::string& chain) { return verdict(VerdictCode::kGoto, chain); }
+
+  Rule build();  // moves the rule out; the builder is spent
+
+ private:
+  void append(std::string_view text);
+  const char* ipKeyword() const;  // "ip" / "ip6"
+  uint32_t addrLen() const;
+  Rule rule_;
+};
+
+// "goto chain" / "jump chain" / "accept" … as nft prints a verdict.
+std::string verdictText(const Verdict& v);
+
+}  // namespace sluice::nft

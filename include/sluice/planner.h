@@ -1,0 +1,177 @@
+// sluice/planner.h — from desired state to nftables objects, and from the committed state to
+// the smallest transaction that reaches the desired one.
+//
+// Everything here is pure computation: no kernel, no clock, no randomness. `planService` turns
+// one Service and its EndpointSlices into the objects that Service owns (a ServiceFragment);
+// `Planner` keeps the mirror of what was last committed and diffs fragments against it, so a
+// partial sync costs O(changed Services). See docs/design.md §3 and §5.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "sluice/model.h"
+#include "sluice/nft/objects.h"
+#include "sluice/nft/transaction.h"
+
+namespace sluice {
+
+struct ProxyConfig {
+  std::string nodeName;                 // endpoints with this nodeName are local
+  IPFamily family = IPFamily::kV4;      // one table per family
+  std::string tableName = "sluice";
+  std::vector<IPPrefix> clusterCIDRs;   // pod CIDR(s): traffic from outside is masqueraded
+  bool masqueradeAll = false;           // masquerade every ClusterIP flow
+  uint32_t masqueradeBit = 14;          // packet mark bit 0x4000 by default, as kube-proxy
+
+  uint32_t masqueradeMark() const { return 1u << masqueradeBit; }
+  nft::TableRef table() const;
+};
+
+// A piece of input sluice could not use, and why. Reported, never fatal for other objects.
+struct Problem {
+  std::string object;  // "Service default/web", "EndpointSlice default/web-abc"
+  std::string field;   // "spec.ports[1].port"
+  std::string reason;
+  std::string toString() const;
+  bool operator==(const Problem&) const = default;
+};
+
+// One endpoint of a Service port, after joining slice ports to the Service port.
+struct ResolvedEndpoint {
+  IPAddress ip;
+  uint16_t port = 0;
+  bool ready = true;
+  bool serving = true;
+  bool terminating = false;
+  bool local = false;
+  uint32_t weight = 1;
+  bool operator==(const ResolvedEndpoint&) const = default;
+};
+
+// Endpoints of `port` from all slices of the Service's family, deduplicated by address:port,
+// in a stable order (slice name, then slice order). Bad entries are reported and skipped.
+std::vector<ResolvedEndpoint> resolveEndpoints(const Service& svc, const ServicePort& port,
+                                               const std::map<ObjectName, EndpointSlice>& slices,
+                                               const ProxyConfig& cfg, std::vector<Problem>* problems);
+
+// service-semantics §2: the cluster and local sets with their independent terminating
+// fallbacks, and whether the Service has any usable endpoint anywhere (reject vs drop).
+struct EndpointSets {
+  std::vector<ResolvedEndpoint> cluster;
+  std::vector<ResolvedEndpoint> local;
+  bool hasEndpoints = false;
+};
+EndpointSets categorizeEndpoints(const std::vector<ResolvedEndpoint>& endpoints);
+
+// Why a Service is not proxied at all ("" = it is): headless, ExternalName, no cluster IP of
+// this family, or owned by another proxy (label service.kubernetes.io/service-proxy-name).
+std::string skipReason(const Service& svc, const ProxyConfig& cfg);
+
+// The set/map element a Service contributes, tagged with the port it belongs to (-1 = the
+// whole Service), so a conflicting port can be dropped on its own.
+struct FragmentElement {
+  std::string set;
+  nft::Element element;
+  int port = -1;
+  bool operator==(const FragmentElement&) const = default;
+};
+
+struct FragmentChain {
+  nft::Chain chain;
+  std::vector<nft::Rule> rules;
+  int port = -1;
+  bool operator==(const FragmentChain&) const = default;
+};
+
+// Everything one Service owns in the table.
+struct ServiceFragment {
+  std::vector<FragmentChain> chains;
+  std::vector<FragmentElement> elements;
+  std::vector<Problem> problems;
+  bool operator==(const ServiceFragment&) const = default;
+};
+
+ServiceFragment planService(const Service& svc, const std::map<ObjectName, EndpointSlice>& slices,
+                            const ProxyConfig& cfg);
+
+// The objects every sluice table has regardless of Services: table, base chains with the
+// kube-proxy hook/priority contract, dispatch chains, shared sets and maps.
+struct BaseRuleset {
+  nft::Table table;
+  std::vector<nft::Set> sets;
+  std::vector<nft::Chain> chains;
+  std::vector<nft::Rule> rules;
+};
+BaseRuleset planBase(const ProxyConfig& cfg);
+
+// Well-known object names of sluice's table.
+namespace names {
+inline constexpr const char* kClusterIPs = "cluster-ips";
+inline constexpr const char* kServiceIPs = "service-ips";
+inline constexpr const char* kNoEndpointServices = "no-endpoint-services";
+inline constexpr const char* kHairpin = "hairpin";
+inline constexpr const char* kServicesChain = "services";
+inline constexpr const char* kEndpointsCheckChain = "service-endpoints-check";
+inline constexpr const char* kClusterIPsCheckChain = "cluster-ips-check";
+inline constexpr const char* kRejectChain = "reject-chain";
+inline constexpr const char* kMasqueradingChain = "masquerading";
+// "svc-<8 chars of base32(sha256(key))>-<key>", key = "ns/name/proto/portname", ≤ 255 bytes.
+std::string serviceChain(const ObjectName& svc, Protocol proto, const std::string& portName);
+}  // namespace names
+
+// The mirror of what was committed, and the diff against it.
+class Planner {
+ public:
+  explicit Planner(ProxyConfig cfg);
+
+  using ElementKey = std::pair<std::string, nft::Bytes>;  // set name, key bytes
+  struct ElementState {
+    nft::Element element;
+    std::set<ObjectName> owners;  // Services contributing it (plain sets may be shared)
+  };
+
+  struct Plan {
+    nft::Transaction tx;
+    bool full = false;
+    size_t servicesPlanned = 0;
+    // Pending mirror changes; adopted by commit() only after the backend succeeded.
+    std::map<ObjectName, ServiceFragment> fragments;  // new fragment per planned Service
+    std::set<ObjectName> removed;                     // Services that no longer exist
+    std::set<ObjectName> blocked;                     // planned Services with a conflicting port
+    // Element table after the plan: complete for a full plan, only touched keys otherwise
+    // (nullopt = the element goes away).
+    std::map<ElementKey, std::optional<ElementState>> elements;
+  };
+
+  // Replaces the whole table in one transaction (first sync, after a failure, drift repair).
+  Plan planFull(const Snapshot& snapshot);
+  // Re-plans only `changed` Services (plus those blocked by a conflict last time).
+  Plan planPartial(const Snapshot& snapshot, const std::set<ObjectName>& changed);
+  // Adopts a plan's state as committed. Call only after the backend applied plan.tx.
+  void commit(Plan&& plan);
+  // Forgets the mirror, e.g. after a failed transaction; the next plan must be full.
+  void reset();
+
+  bool hasCommitted() const { return committed_; }
+  const ProxyConfig& config() const { return cfg_; }
+  const std::map<ObjectName, ServiceFragment>& fragments() const { return fragments_; }
+  // Problems of the current desired state, by Service (including conflicts).
+  std::map<ObjectName, std::vector<Problem>> problems() const;
+
+ private:
+  // Plans `ids` into plan.fragments. A port whose map key another Service holds (in the mirror,
+  // or earlier in this plan) is dropped from the newcomer and reported: first holder wins.
+  void planServices(const Snapshot& snapshot, const std::set<ObjectName>& ids, Plan& plan);
+
+  ProxyConfig cfg_;
+  bool committed_ = false;
+  std::map<ObjectName, ServiceFragment> fragments_;
+  std::map<ElementKey, ElementState> elements_;
+  std::set<ObjectName> blocked_;  // Services with a port skipped because of a conflict
+};
+
+}  // namespace sluice

@@ -1,0 +1,91 @@
+#include "sluice/model.h"
+
+#include <fmt/format.h>
+
+namespace sluice {
+
+const char* protocolName(Protocol p) {
+  switch (p) {
+    case Protocol::kTCP: return "TCP";
+    case Protocol::kUDP: return "UDP";
+    case Protocol::kSCTP: return "SCTP";
+  }
+  return "?";
+}
+
+const char* protocolNftName(Protocol p) {
+  switch (p) {
+    case Protocol::kTCP: return "tcp";
+    case Protocol::kUDP: return "udp";
+    case Protocol::kSCTP: return "sctp";
+  }
+  return "?";
+}
+
+Result<Protocol> parseProtocol(std::string_view s) {
+  if (s == "TCP" || s.empty()) return Protocol::kTCP;  // Kubernetes defaults to TCP
+  if (s == "UDP") return Protocol::kUDP;
+  if (s == "SCTP") return Protocol::kSCTP;
+  return Status(Code::kInvalidArgument, fmt::format("unsupported protocol \"{}\"", s));
+}
+
+void Snapshot::upsertService(Service svc) {
+  dirty_.insert(svc.id);
+  auto id = svc.id;
+  services_[id] = std::move(svc);
+}
+
+void Snapshot::removeService(const ObjectName& id) {
+  if (services_.erase(id) > 0) dirty_.insert(id);
+}
+
+void Snapshot::upsertSlice(EndpointSlice slice) {
+  ObjectName svc{slice.id.ns, slice.serviceName};
+  auto owner = sliceOwner_.find(slice.id);
+  if (owner != sliceOwner_.end() && !(owner->second == svc)) {
+    // The slice moved to another Service (label edited): both Services change.
+    slices_[owner->second].erase(slice.id);
+    dirty_.insert(owner->second);
+  }
+  sliceOwner_[slice.id] = svc;
+  dirty_.insert(svc);
+  auto id = slice.id;
+  slices_[svc][id] = std::move(slice);
+}
+
+void Snapshot::removeSlice(const ObjectName& sliceId) {
+  auto owner = sliceOwner_.find(sliceId);
+  if (owner == sliceOwner_.end()) return;
+  auto it = slices_.find(owner->second);
+  if (it != slices_.end()) {
+    it->second.erase(sliceId);
+    if (it->second.empty()) slices_.erase(it);
+  }
+  dirty_.insert(owner->second);
+  sliceOwner_.erase(owner);
+}
+
+void Snapshot::clear() {
+  for (auto& [id, _] : services_) dirty_.insert(id);
+  for (auto& [id, _] : slices_) dirty_.insert(id);
+  services_.clear();
+  slices_.clear();
+  sliceOwner_.clear();
+}
+
+const Service* Snapshot::service(const ObjectName& id) const {
+  auto it = services_.find(id);
+  return it == services_.end() ? nullptr : &it->second;
+}
+
+const std::map<ObjectName, EndpointSlice>& Snapshot::slicesFor(const ObjectName& service) const {
+  static const std::map<ObjectName, EndpointSlice> kNone;
+  auto it = slices_.find(service);
+  return it == slices_.end() ? kNone : it->second;
+}
+
+std::set<ObjectName> Snapshot::takeDirty() { return std::exchange(dirty_, {}); }
+
+size_t Snapshot::sliceCount() const { return sliceOwner_.size(); }
+
+}  // namespace sluice
