@@ -504,61 +504,96 @@ Result<Encoded> encodeTx(const Transaction& tx, uint32_t seqBase) {
   return enc;
 }
 
-}  // namespace
-
-struct NetlinkBackend::Impl {
-  mnl_socket* nl = nullptr;
-  uint32_t portid = 0;
-  uint32_t seq = uint32_t(std::time(nullptr)) << 8;
-  int rcvbuf = 0;
-  int sndbuf = 0;
-  ~Impl() {
-    if (nl) mnl_socket_close(nl);
+// The production transport: a NETLINK_NETFILTER socket.
+class SocketTransport : public NetlinkTransport {
+ public:
+  ~SocketTransport() override {
+    if (nl_) mnl_socket_close(nl_);
   }
 
-  int fd() const { return mnl_socket_get_fd(nl); }
+  static Result<std::unique_ptr<SocketTransport>> open(const std::string& netns) {
+    auto t = std::make_unique<SocketTransport>();
+    Status st;
+    Status ns = runInNetns(netns, [&] {
+      t->nl_ = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);
+      if (!t->nl_) {
+        st = Status::fromErrno(errno, "cannot open netfilter netlink socket");
+        return;
+      }
+      if (mnl_socket_bind(t->nl_, 0, MNL_SOCKET_AUTOPID) < 0)
+        st = Status::fromErrno(errno, "cannot bind netfilter netlink socket");
+    });
+    if (!ns) return ns;
+    if (!st) return st;
+    int one = 1;
+    // Extended ACK gives the kernel's reason for a rejection; CAP_ACK keeps error replies from
+    // echoing the whole offending message, so replies stay small.
+    mnl_socket_setsockopt(t->nl_, NETLINK_EXT_ACK, &one, sizeof one);
+    mnl_socket_setsockopt(t->nl_, NETLINK_CAP_ACK, &one, sizeof one);
+    return t;
+  }
+
+  Status send(const uint8_t* data, size_t len) override {
+    if (mnl_socket_sendto(nl_, data, len) < 0)
+      return Status::fromErrno(errno, fmt::format("sending a batch of {} bytes", len));
+    return Status::ok();
+  }
+
+  Result<size_t> receive(uint8_t* buf, size_t cap, int timeoutMs) override {
+    while (true) {
+      ssize_t n = ::recv(fd(), buf, cap, MSG_DONTWAIT);
+      if (n >= 0) return size_t(n);
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) return Status::fromErrno(errno, "receiving netlink replies");
+      if (timeoutMs <= 0) return size_t(0);
+      pollfd p{fd(), POLLIN, 0};
+      int r = ::poll(&p, 1, timeoutMs);
+      if (r == 0) return size_t(0);
+      timeoutMs = 0;  // one wait, then report whatever is there
+    }
+  }
 
   // SO_*BUFFORCE (CAP_NET_ADMIN) lifts the rmem_max/wmem_max caps; fall back to the capped
   // option if it is not permitted.
-  void ensureBuffers(size_t batchBytes, size_t replies) {
+  void reserve(size_t batchBytes, size_t replies) override {
     int want = int(std::min<size_t>(INT32_MAX / 2, batchBytes + 64 * 1024));
-    if (want > sndbuf) {
+    if (want > sndbuf_) {
       if (setsockopt(fd(), SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof want) != 0)
         setsockopt(fd(), SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
-      sndbuf = want;
+      sndbuf_ = want;
     }
     want = int(std::min<size_t>(INT32_MAX / 2, replies * kAckBudget + 256 * 1024));
-    if (want > rcvbuf) {
+    if (want > rcvbuf_) {
       if (setsockopt(fd(), SOL_SOCKET, SO_RCVBUFFORCE, &want, sizeof want) != 0)
         setsockopt(fd(), SOL_SOCKET, SO_RCVBUF, &want, sizeof want);
-      rcvbuf = want;
+      rcvbuf_ = want;
     }
   }
+
+ private:
+  int fd() const { return mnl_socket_get_fd(nl_); }
+  mnl_socket* nl_ = nullptr;
+  int rcvbuf_ = 0;
+  int sndbuf_ = 0;
+};
+
+}  // namespace
+
+struct NetlinkBackend::Impl {
+  std::unique_ptr<NetlinkTransport> transport;
+  uint32_t seq = uint32_t(std::time(nullptr)) << 8;
 };
 
 Result<std::unique_ptr<NetlinkBackend>> NetlinkBackend::open(const NetlinkOptions& opts) {
+  auto t = SocketTransport::open(opts.netns);
+  if (!t) return t.status();
+  return withTransport(std::move(t).value());
+}
+
+std::unique_ptr<NetlinkBackend> NetlinkBackend::withTransport(std::unique_ptr<NetlinkTransport> transport) {
   std::unique_ptr<NetlinkBackend> b(new NetlinkBackend());
   b->impl_ = std::make_unique<Impl>();
-  Status st;
-  Status ns = runInNetns(opts.netns, [&] {
-    b->impl_->nl = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);
-    if (!b->impl_->nl) {
-      st = Status::fromErrno(errno, "cannot open netfilter netlink socket");
-      return;
-    }
-    if (mnl_socket_bind(b->impl_->nl, 0, MNL_SOCKET_AUTOPID) < 0) {
-      st = Status::fromErrno(errno, "cannot bind netfilter netlink socket");
-      return;
-    }
-  });
-  if (!ns) return ns;
-  if (!st) return st;
-  b->impl_->portid = mnl_socket_get_portid(b->impl_->nl);
-  int one = 1;
-  // Extended ACK gives the kernel's reason for a rejection; CAP_ACK keeps error replies from
-  // echoing the whole offending message, so replies stay small.
-  mnl_socket_setsockopt(b->impl_->nl, NETLINK_EXT_ACK, &one, sizeof one);
-  mnl_socket_setsockopt(b->impl_->nl, NETLINK_CAP_ACK, &one, sizeof one);
+  b->impl_->transport = std::move(transport);
   return b;
 }
 
@@ -611,43 +646,44 @@ Status NetlinkBackend::apply(const Transaction& tx) {
   stats_ = {};
   if (tx.empty()) return Status::ok();
   Impl& im = *impl_;
-  const uint32_t seqBase = im.seq;
-  auto enc = encodeTx(tx, seqBase);
+  auto enc = encodeTx(tx, im.seq);
   if (!enc) return enc.status();
   im.seq += uint32_t(enc->seqToOp.size() + 2);
   stats_.messages = enc->messages;
   stats_.bytes = enc->batch.size();
+  const uint32_t lastSeq = enc->firstSeq + uint32_t(enc->seqToOp.size());
+  auto isCommand = [&](uint32_t seq) { return seq >= enc->firstSeq && seq < lastSeq; };
 
-  std::vector<Reply> replies;
   if (enc->messages > 0) {
-    im.ensureBuffers(enc->batch.size(), enc->messages);
-    if (mnl_socket_sendto(im.nl, enc->batch.data(), enc->batch.size()) < 0)
-      return Status::fromErrno(errno, fmt::format("sending a batch of {} messages ({} bytes)", enc->messages, enc->batch.size()));
+    im.transport->reserve(enc->batch.size(), enc->messages);
+    if (Status st = im.transport->send(enc->batch.data(), enc->batch.size()); !st)
+      return st.withContext(fmt::format("batch of {} messages", enc->messages));
 
-    // Drain: all replies are queued by now (synchronous batch processing); wait briefly only
-    // if some are still missing, which would mean replies were dropped.
-    std::vector<uint8_t> rbuf(std::max<size_t>(MNL_SOCKET_BUFFER_SIZE, 256 * 1024));
+    // Drain. The kernel has processed the batch inside sendmsg, so every reply is queued
+    // already; only if some are missing do we wait (briefly) before calling them lost.
+    std::vector<Reply> replies;
+    std::vector<uint8_t> rbuf(256 * 1024);
     size_t acked = 0;
     bool lost = false;
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
     while (true) {
-      ssize_t n = ::recv(im.fd(), rbuf.data(), rbuf.size(), MSG_DONTWAIT);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        if (errno == ENOBUFS) {
-          lost = true;  // the socket overflowed; keep draining what is left
+      const bool complete = acked >= enc->messages;
+      auto got = im.transport->receive(rbuf.data(), rbuf.size(), complete ? 0 : 50);
+      if (!got) {
+        if (got.status().err() == ENOBUFS) {
+          lost = true;  // replies were dropped; keep draining what is left
           continue;
         }
-        if (errno != EAGAIN) return Status::fromErrno(errno, "receiving batch replies");
-        if (acked >= enc->messages || std::chrono::steady_clock::now() > deadline) break;
-        pollfd p{im.fd(), POLLIN, 0};
-        ::poll(&p, 1, 50);
+        return got.status();
+      }
+      if (*got == 0) {
+        if (complete || std::chrono::steady_clock::now() > deadline) break;
         continue;
       }
       size_t before = replies.size();
-      parseReplies(rbuf.data(), size_t(n), replies);
+      parseReplies(rbuf.data(), *got, replies);
       for (size_t i = before; i < replies.size(); ++i)
-        if (replies[i].seq >= enc->firstSeq && replies[i].seq < enc->firstSeq + enc->seqToOp.size()) ++acked;
+        if (isCommand(replies[i].seq)) ++acked;
     }
     stats_.acks = replies.size();
 
@@ -656,14 +692,15 @@ Status NetlinkBackend::apply(const Transaction& tx) {
     for (const auto& r : replies)
       if (r.error != 0 && (!first || r.seq < first->seq)) first = &r;
     if (first) {
-      if (first->seq >= enc->firstSeq && first->seq < enc->firstSeq + enc->seqToOp.size()) {
+      if (isCommand(first->seq)) {
         size_t op = enc->seqToOp[first->seq - enc->firstSeq];
         std::string msg = Transaction::describe(tx.ops()[op]);
         if (!first->extack.empty()) msg += ": " + first->extack;
         return Status::fromErrno(first->error, msg, op);
       }
-      // Errors on BATCH_BEGIN are commit-time failures (the whole batch was aborted).
-      return Status::fromErrno(first->error, first->extack.empty() ? "batch commit failed" : "batch commit failed: " + first->extack);
+      // An error on BATCH_BEGIN is a commit-time failure: the whole batch was aborted.
+      return Status::fromErrno(first->error,
+                               first->extack.empty() ? "batch commit failed" : "batch commit failed: " + first->extack);
     }
     if (lost || acked < enc->messages)
       return Status(Code::kInternal,
@@ -671,7 +708,7 @@ Status NetlinkBackend::apply(const Transaction& tx) {
                                 lost ? " (receive buffer overflow)" : ""));
   }
 
-  // Counter resets are "get and reset" requests the kernel refuses inside a batch.
+  // Counter resets are "get and reset" requests, which the kernel refuses inside a batch.
   for (size_t i = 0; i < tx.ops().size(); ++i) {
     const auto& op = tx.ops()[i];
     if (op.verb != Verb::kReset) continue;
@@ -686,21 +723,20 @@ Status NetlinkBackend::apply(const Transaction& tx) {
     nftnl_obj_set_str(obj.get(), NFTNL_OBJ_NAME, c->name.c_str());
     nftnl_obj_set_u32(obj.get(), NFTNL_OBJ_TYPE, NFT_OBJECT_COUNTER);
     nftnl_obj_nlmsg_build_payload(nlh, obj.get());
-    if (mnl_socket_sendto(im.nl, nlh, nlh->nlmsg_len) < 0) return Status::fromErrno(errno, "reset counter", i);
-    std::vector<Reply> rr;
-    while (true) {
-      ssize_t n = mnl_socket_recvfrom(im.nl, buf.data(), buf.size());
-      if (n < 0) return Status::fromErrno(errno, "reset counter", i);
-      size_t before = rr.size();
-      parseReplies(buf.data(), size_t(n), rr);
-      bool done = false;
-      for (size_t k = before; k < rr.size(); ++k) {
-        if (rr[k].seq != seq) continue;
-        if (rr[k].error) return Status::fromErrno(rr[k].error, Transaction::describe(op), i);
+    if (Status st = im.transport->send(buf.data(), nlh->nlmsg_len); !st) return Status(st.code(), st.message(), st.err(), i);
+    bool done = false;
+    for (int tries = 0; !done && tries < 40; ++tries) {
+      auto got = im.transport->receive(buf.data(), buf.size(), 50);
+      if (!got) return Status(got.status().code(), got.status().message(), got.status().err(), i);
+      std::vector<Reply> rr;
+      parseReplies(buf.data(), *got, rr);
+      for (const auto& r : rr) {
+        if (r.seq != seq) continue;
+        if (r.error) return Status::fromErrno(r.error, Transaction::describe(op), i);
         done = true;
       }
-      if (done) break;
     }
+    if (!done) return Status(Code::kInternal, "no reply to " + Transaction::describe(op), 0, i);
   }
   return Status::ok();
 }

@@ -426,27 +426,30 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
     }
     for (const auto& [name, c] : oldChains)
       if (!newChains.count(name)) delChains.del(c->chain);
-
-    // Element ownership: leave keys this Service no longer contributes, join new ones.
-    auto state = [&](const ElementKey& k) -> std::optional<ElementState>& {
-      auto it = touched.find(k);
-      if (it != touched.end()) return it->second;
-      auto cur = elements_.find(k);
-      auto& slot = touched[k];
-      if (cur != elements_.end()) slot = cur->second;
-      return slot;
-    };
-    for (const auto& e : before.elements) {
+  }
+  // Element ownership in two passes — every re-planned Service first leaves the keys it held,
+  // then joins the keys it wants — so a key moving between two Services of the same plan ends
+  // with the new owner's value whatever order they are visited in.
+  auto state = [&](const ElementKey& k) -> std::optional<ElementState>& {
+    auto it = touched.find(k);
+    if (it != touched.end()) return it->second;
+    auto cur = elements_.find(k);
+    auto& slot = touched[k];
+    if (cur != elements_.end()) slot = cur->second;
+    return slot;
+  };
+  for (const auto& id : ids)
+    for (const auto& e : oldOf(id).elements) {
       auto& s = state({e.set, e.element.key});
       if (s) s->owners.erase(id);
     }
-    for (const auto& e : after.elements) {
+  for (const auto& id : ids)
+    for (const auto& e : newOf(id).elements) {
       auto& s = state({e.set, e.element.key});
       if (!s) s = ElementState{e.element, {}};
-      if (s->owners.empty()) s->element = e.element;  // last owner gone, value may change
+      if (s->owners.empty()) s->element = e.element;
       s->owners.insert(id);
     }
-  }
   std::map<std::string, std::vector<Element>> dels, adds;
   for (auto& [k, s] : touched) {
     auto cur = elements_.find(k);

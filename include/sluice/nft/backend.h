@@ -25,10 +25,26 @@ struct NetlinkOptions {
   std::string netns;
 };
 
+// The byte pipe under NetlinkBackend: a NETLINK_NETFILTER socket in production, a scripted
+// peer in encoding tests (sequence/ACK/error mapping without a kernel).
+class NetlinkTransport {
+ public:
+  virtual ~NetlinkTransport() = default;
+  // Sends one batch with one sendmsg.
+  virtual Status send(const uint8_t* data, size_t len) = 0;
+  // Receives queued replies: bytes read, 0 if nothing arrived within `timeoutMs` (0 = do not
+  // wait), or an error (ENOBUFS when replies were dropped).
+  virtual Result<size_t> receive(uint8_t* buf, size_t cap, int timeoutMs) = 0;
+  // Called before a batch of `batchBytes` expecting `replies` replies, to size socket buffers.
+  virtual void reserve(size_t batchBytes, size_t replies) { (void)batchBytes, (void)replies; }
+};
+
 // The kernel backend on libnftnl + libmnl. Not thread-safe; one per owner.
 class NetlinkBackend : public Backend {
  public:
   static Result<std::unique_ptr<NetlinkBackend>> open(const NetlinkOptions& opts = {});
+  // Over another transport (tests).
+  static std::unique_ptr<NetlinkBackend> withTransport(std::unique_ptr<NetlinkTransport> transport);
   ~NetlinkBackend() override;
   Status apply(const Transaction& tx) override;
 
