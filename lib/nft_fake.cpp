@@ -60,6 +60,15 @@ std::string formatConcat(const std::vector<DataType>& types, const Bytes& b) {
   return out;
 }
 
+std::string typeofText(Typeof t, Family family) {
+  switch (t) {
+    case Typeof::kNumgen: return "numgen random mod 1";
+    case Typeof::kDaddrThDport: return family == Family::kIPv6 ? "ip6 daddr . th dport" : "ip daddr . th dport";
+    case Typeof::kNone: return "";
+  }
+  return "";
+}
+
 std::string typeText(const std::vector<DataType>& types) {
   std::string out;
   for (size_t i = 0; i < types.size(); ++i) out += (i ? " . " : "") + std::string(dataTypeName(types[i]));
@@ -374,9 +383,15 @@ std::string FakeBackend::dumpTable(Family family, const std::string& name) const
   for (const auto& [cname, _] : t->counters) out += fmt::format("\tcounter {} {{ }}\n", cname);
   for (const auto& [sname, ss] : t->sets) {
     const Set& s = ss.set;
-    out += fmt::format("\t{} {} {{\n\t\ttype {}", s.isMap() ? "map" : "set", sname, typeText(s.key));
-    if (s.isMap()) out += " : " + typeText(s.data);
+    if (s.typeofKey != Typeof::kNone) {
+      out += fmt::format("\t{} {} {{\n\t\ttypeof {}", s.isMap() ? "map" : "set", sname, typeofText(s.typeofKey, family));
+      if (s.isMap()) out += " : " + typeofText(s.typeofData, family);
+    } else {
+      out += fmt::format("\t{} {} {{\n\t\ttype {}", s.isMap() ? "map" : "set", sname, typeText(s.key));
+      if (s.isMap()) out += " : " + typeText(s.data);
+    }
     out += "\n";
+    if (s.size) out += fmt::format("\t\tsize {}\n", s.size);
     if (!s.comment.empty()) out += fmt::format("\t\tcomment \"{}\"\n", s.comment);
     for (const auto& [key, e] : ss.elements) {
       out += "\t\telement " + formatConcat(s.key, key);

@@ -93,20 +93,67 @@ uint32_t byteorderOf(const std::vector<DataType>& types) {
   }
 }
 
+// `typeof` descriptions as nft 1.0.6 stores them: the expression type (src/expression.h
+// enum expr_types: 7 payload, 13 concat, 23 numgen) and its attributes, nested. Observed with
+// `nft --debug=mnl` for `typeof numgen random mod 1 : ip daddr . th dport`.
+constexpr uint32_t kExprPayload = 7, kExprConcat = 13, kExprNumgen = 23;
+
+void putPayloadTypeof(nftnl_udata_buf* buf, uint8_t index, uint32_t desc, uint32_t field) {
+  auto* sub = nftnl_udata_nest_start(buf, index);
+  nftnl_udata_put_u32(buf, NFTNL_UDATA_SET_TYPEOF_EXPR, kExprPayload);
+  auto* data = nftnl_udata_nest_start(buf, NFTNL_UDATA_SET_TYPEOF_DATA);
+  nftnl_udata_put_u32(buf, 0, desc);   // protocol description (proto_ip 12, proto_ip6 13, proto_th 11)
+  nftnl_udata_put_u32(buf, 1, field);  // template field (ip daddr 12, ip6 daddr 8, th dport 2)
+  nftnl_udata_nest_end(buf, data);
+  nftnl_udata_nest_end(buf, sub);
+}
+
+void putTypeof(nftnl_udata_buf* buf, uint8_t attr, Typeof t, const std::vector<DataType>& types, Family family) {
+  auto* nest = nftnl_udata_nest_start(buf, attr);
+  switch (t) {
+    case Typeof::kNumgen: {
+      nftnl_udata_put_u32(buf, NFTNL_UDATA_SET_TYPEOF_EXPR, kExprNumgen);
+      auto* data = nftnl_udata_nest_start(buf, NFTNL_UDATA_SET_TYPEOF_DATA);
+      nftnl_udata_put_u32(buf, 0, NFT_NG_RANDOM);
+      nftnl_udata_put_u32(buf, 1, 1);  // mod
+      nftnl_udata_put_u32(buf, 2, 0);  // offset
+      nftnl_udata_nest_end(buf, data);
+      break;
+    }
+    case Typeof::kDaddrThDport: {
+      nftnl_udata_put_u32(buf, NFTNL_UDATA_SET_TYPEOF_EXPR, kExprConcat);
+      auto* data = nftnl_udata_nest_start(buf, NFTNL_UDATA_SET_TYPEOF_DATA);
+      if (family == Family::kIPv6)
+        putPayloadTypeof(buf, 0, 13, 8);  // ip6 daddr
+      else
+        putPayloadTypeof(buf, 0, 12, 12);  // ip daddr
+      putPayloadTypeof(buf, 1, 11, 2);  // th dport
+      nftnl_udata_nest_end(buf, data);
+      break;
+    }
+    case Typeof::kNone: {
+      // A `type a . b` concatenation: the concat marker without sub-expressions.
+      (void)types;
+      nftnl_udata_put_u32(buf, NFTNL_UDATA_SET_TYPEOF_EXPR, kExprConcat);
+      auto* data = nftnl_udata_nest_start(buf, NFTNL_UDATA_SET_TYPEOF_DATA);
+      nftnl_udata_nest_end(buf, data);
+      break;
+    }
+  }
+  nftnl_udata_nest_end(buf, nest);
+}
+
 // The set user data nft 1.0.6 writes and needs to print the set: key byte order, for maps the
-// data byte order, for a concatenated key a (field-less) concat marker, for maps the
-// "data is not an interval" flag, then the comment. Observed with `nft --debug=mnl`.
+// data byte order, the key's typeof (or, for a `type a . b` key, the concat marker), the data's
+// typeof, for maps the "data is not an interval" flag, then the comment. Observed with
+// `nft --debug=mnl`.
 UdataPtr setUserData(const Set& s) {
   UdataPtr buf(nftnl_udata_buf_alloc(NFT_USERDATA_MAXLEN));
   nftnl_udata_put_u32(buf.get(), NFTNL_UDATA_SET_KEYBYTEORDER, byteorderOf(s.key));
   if (s.isMap()) nftnl_udata_put_u32(buf.get(), NFTNL_UDATA_SET_DATABYTEORDER, byteorderOf(s.data));
-  if (s.key.size() > 1) {
-    auto* nest = nftnl_udata_nest_start(buf.get(), NFTNL_UDATA_SET_KEY_TYPEOF);
-    nftnl_udata_put_u32(buf.get(), NFTNL_UDATA_SET_TYPEOF_EXPR, 13 /* nft's concat marker */);
-    auto* inner = nftnl_udata_nest_start(buf.get(), NFTNL_UDATA_SET_TYPEOF_DATA);
-    nftnl_udata_nest_end(buf.get(), inner);
-    nftnl_udata_nest_end(buf.get(), nest);
-  }
+  if (s.typeofKey != Typeof::kNone || s.key.size() > 1)
+    putTypeof(buf.get(), NFTNL_UDATA_SET_KEY_TYPEOF, s.typeofKey, s.key, s.table.family);
+  if (s.typeofData != Typeof::kNone) putTypeof(buf.get(), NFTNL_UDATA_SET_DATA_TYPEOF, s.typeofData, s.data, s.table.family);
   if (s.isMap()) nftnl_udata_put_u32(buf.get(), NFTNL_UDATA_SET_DATA_INTERVAL, 0);
   if (!s.comment.empty()) nftnl_udata_put_strz(buf.get(), NFTNL_UDATA_SET_COMMENT, s.comment.c_str());
   return buf;
@@ -242,6 +289,7 @@ nftnl_expr* encodeExpr(const Expr& e, const std::vector<std::pair<std::string, u
           nftnl_expr_set_u32(ne, NFTNL_EXPR_NG_DREG, x.dreg);
           nftnl_expr_set_u32(ne, NFTNL_EXPR_NG_MODULUS, x.mod);
           nftnl_expr_set_u32(ne, NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM);
+          if (x.offset) nftnl_expr_set_u32(ne, NFTNL_EXPR_NG_OFFSET, x.offset);
         } else if constexpr (std::is_same_v<T, Ct>) {
           ne = nftnl_expr_alloc("ct");
           nftnl_expr_set_u32(ne, NFTNL_EXPR_CT_KEY, uint32_t(x.key));
@@ -329,7 +377,10 @@ SetPtr encodeSet(const Set& s, const std::string& name, uint32_t setId) {
     nftnl_set_set_u32(ns.get(), NFTNL_SET_DATA_LEN, s.dataLen());
   }
   if (setId) nftnl_set_set_u32(ns.get(), NFTNL_SET_ID, setId);
-  if (s.flags & kSetAnonymous) nftnl_set_set_u32(ns.get(), NFTNL_SET_DESC_SIZE, uint32_t(s.elements.size()));
+  if (s.flags & kSetAnonymous)
+    nftnl_set_set_u32(ns.get(), NFTNL_SET_DESC_SIZE, uint32_t(s.elements.size()));
+  else if (s.size)
+    nftnl_set_set_u32(ns.get(), NFTNL_SET_DESC_SIZE, s.size);
   auto ud = setUserData(s);
   nftnl_set_set_data(ns.get(), NFTNL_SET_USERDATA, nftnl_udata_buf_data(ud.get()), nftnl_udata_buf_len(ud.get()));
   return ns;

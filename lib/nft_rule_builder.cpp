@@ -173,6 +173,15 @@ RuleBuilder& RuleBuilder::dnatNumgen(const std::vector<std::pair<IPAddress, uint
   return *this;
 }
 
+RuleBuilder& RuleBuilder::dnatNumgenMap(uint32_t mod, uint32_t offset, const std::string& map) {
+  rule_.exprs.push_back(Numgen{kReg1, mod, offset});
+  rule_.exprs.push_back(Lookup{kReg1, map, -1, kReg1});
+  rule_.exprs.push_back(Nat{NatType::kDnat, rule_.table.family, kReg1, kReg32_00 + addrLen() / 4, 0});
+  append(offset ? fmt::format("dnat {} to numgen random mod {} offset {} map @{}", ipKeyword(), mod, offset, map)
+                : fmt::format("dnat {} to numgen random mod {} map @{}", ipKeyword(), mod, map));
+  return *this;
+}
+
 RuleBuilder& RuleBuilder::masquerade(bool fullyRandom) {
   rule_.exprs.push_back(Masq{fullyRandom ? kNatRangeProtoRandomFully : 0u});
   append(fullyRandom ? "masquerade fully-random" : "masquerade");

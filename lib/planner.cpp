@@ -46,6 +46,8 @@ std::string serviceChain(const ObjectName& svc, Protocol proto, const std::strin
   return name;
 }
 
+std::string endpointsMap(uint32_t shard) { return "endpoints-" + std::to_string(shard); }
+
 }  // namespace names
 
 std::string skipReason(const Service& svc, const ProxyConfig& cfg) {
@@ -94,6 +96,7 @@ std::vector<ResolvedEndpoint> resolveEndpoints(const Service& svc, const Service
       r.serving = e.serving;
       r.terminating = e.terminating;
       r.local = !cfg.nodeName.empty() && e.nodeName == cfg.nodeName;
+      r.nodeUnknown = e.nodeName.empty();
       r.weight = e.weight;
       out.push_back(r);
     }
@@ -187,29 +190,17 @@ ServiceFragment planService(const Service& svc, const std::map<ObjectName, Endpo
       continue;
     }
     const std::string chain = names::serviceChain(svc.id, sp.protocol, sp.name);
-    FragmentChain fc{nft::Chain{table, chain, std::nullopt}, {}, pi};
-    if (cfg.masqueradeAll) {
-      fc.rules.push_back(RuleBuilder(table, chain).markSetOr(cfg.masqueradeMark()).build());
-    } else if (!cfg.clusterCIDRs.empty()) {
-      // Traffic from outside the pod network is masqueraded so replies come back through this
-      // node (kube-proxy's LocalTrafficDetector "IfNotLocal"); one CIDR per family, as there.
-      for (const auto& cidr : cfg.clusterCIDRs) {
-        if (cidr.family() != cfg.family) continue;
-        fc.rules.push_back(
-            RuleBuilder(table, chain).saddrInPrefix(cidr, true).markSetOr(cfg.masqueradeMark()).build());
-        break;
-      }
-    }
-    std::vector<std::pair<IPAddress, uint16_t>> slots;
+    FragmentChain fc{nft::Chain{table, chain, std::nullopt}, {}, pi, sp.protocol, {}, 0, 0};
     uint64_t total = 0;
     for (const auto& e : chosen) total += e.weight;
     for (const auto& e : chosen) {
       // Weights repeat an endpoint's slot; scaled down if the sum would be unreasonable.
       uint64_t n = total > kMaxSlots ? std::max<uint64_t>(1, e.weight * kMaxSlots / total) : e.weight;
-      for (uint64_t k = 0; k < n; ++k) slots.emplace_back(e.ip, e.port);
-      hairpin.insert(e.ip);
+      for (uint64_t k = 0; k < n; ++k) fc.slots.emplace_back(e.ip, e.port);
+      // Only a pod on this node can be load-balanced to itself through this node, so only
+      // local endpoints (and those whose node is unknown) need hairpin detection.
+      if (e.local || e.nodeUnknown) hairpin.insert(e.ip);
     }
-    fc.rules.push_back(RuleBuilder(table, chain).l4proto(sp.protocol).dnatNumgen(slots).build());
     f.chains.push_back(std::move(fc));
     f.elements.push_back({names::kServiceIPs, Element{key, {}, Verdict{VerdictCode::kGoto, chain}, {}}, pi});
   }
@@ -226,7 +217,8 @@ BaseRuleset planBase(const ProxyConfig& cfg) {
   b.sets.push_back({t, names::kClusterIPs, {addr}, {}, 0, "Active ClusterIPs", {}});
   b.sets.push_back({t, names::kServiceIPs, svcKey, {DataType::kVerdict}, 0, "ClusterIP dispatch", {}});
   b.sets.push_back({t, names::kNoEndpointServices, svcKey, {DataType::kVerdict}, 0, "Service ports without endpoints", {}});
-  b.sets.push_back({t, names::kHairpin, {addr, addr}, {}, 0, "Endpoints that may reach themselves", {}});
+  b.sets.push_back({t, names::kHairpin, {addr, addr}, {}, 0, "Local endpoints that may reach themselves", {}});
+
 
   auto base = [&](const char* name, const char* type, nft::Hook hook, int prio) {
     b.chains.push_back({t, name, nft::BaseHook{type, hook, prio}});
@@ -250,13 +242,26 @@ BaseRuleset planBase(const ProxyConfig& cfg) {
     b.rules.push_back(rule(c).ctStateNew().jump(names::kClusterIPsCheckChain).build());
   }
   b.rules.push_back(rule("nat-postrouting").jump(names::kMasqueradingChain).build());
+  // ClusterIP traffic from outside the pod network (or all of it with --masquerade-all) is
+  // marked for masquerade, so replies return through this node. kube-proxy does this in every
+  // Service chain; one rule here has the same effect (marks on rejected flows are harmless).
+  const uint32_t mark = cfg.masqueradeMark();
+  if (cfg.masqueradeAll) {
+    b.rules.push_back(rule(names::kServicesChain).daddrInSet(names::kClusterIPs).markSetOr(mark).build());
+  } else {
+    for (const auto& cidr : cfg.clusterCIDRs) {
+      if (cidr.family() != cfg.family) continue;
+      b.rules.push_back(
+          rule(names::kServicesChain).saddrInPrefix(cidr, true).daddrInSet(names::kClusterIPs).markSetOr(mark).build());
+      break;  // one pod CIDR per family, as kube-proxy's local traffic detector
+    }
+  }
   b.rules.push_back(rule(names::kServicesChain).daddrProtoPortVmap(names::kServiceIPs).build());
   b.rules.push_back(rule(names::kEndpointsCheckChain).daddrProtoPortVmap(names::kNoEndpointServices).build());
   // Only packets that were not DNATed still have a ClusterIP as destination at filter priority:
   // a port or protocol the Service does not have.
   b.rules.push_back(rule(names::kClusterIPsCheckChain).daddrInSet(names::kClusterIPs).reject().build());
   b.rules.push_back(rule(names::kRejectChain).reject().build());
-  const uint32_t mark = cfg.masqueradeMark();
   b.rules.push_back(rule(names::kMasqueradingChain).markAndEq(mark, 0).verdict(VerdictCode::kReturn).build());
   b.rules.push_back(rule(names::kMasqueradingChain).markSetXor(mark).build());
   b.rules.push_back(rule(names::kMasqueradingChain).masquerade(true).build());
@@ -264,6 +269,26 @@ BaseRuleset planBase(const ProxyConfig& cfg) {
   // itself) must be masqueraded or the pod would answer itself directly.
   b.rules.push_back(rule(names::kMasqueradingChain).ctStatusDnat().saddrDaddrInSet(names::kHairpin).masquerade(true).build());
   return b;
+}
+
+// --- Slots -------------------------------------------------------------------------------
+
+std::pair<uint32_t, uint32_t> SlotAllocator::allocate(uint32_t n) {
+  uint32_t cap = 4;
+  while (cap < n) cap <<= 1;
+  auto it = free_.find(cap);
+  if (it != free_.end() && !it->second.empty()) {
+    uint32_t base = it->second.back();
+    it->second.pop_back();
+    return {base, cap};
+  }
+  uint32_t base = next_;
+  next_ += cap;
+  return {base, cap};
+}
+
+void SlotAllocator::release(uint32_t base, uint32_t capacity) {
+  if (capacity) free_[capacity].push_back(base);
 }
 
 // --- Planner -----------------------------------------------------------------------------
@@ -285,12 +310,74 @@ std::string describeKey(const Bytes& key) {
   return "?";
 }
 
+Planner::ElementKey elementKey(const std::string& set, const Bytes& key) {
+  std::string k = set;
+  k.push_back('\0');
+  k.append(reinterpret_cast<const char*>(key.data()), key.size());
+  return k;
+}
+
+std::string setOf(const Planner::ElementKey& k) { return k.substr(0, k.find('\0')); }
+
 void dropPort(ServiceFragment& f, int port) {
   std::erase_if(f.chains, [&](const FragmentChain& c) { return c.port == port; });
   std::erase_if(f.elements, [&](const FragmentElement& e) { return e.port == port; });
 }
 
 }  // namespace
+
+namespace {
+
+// Stable across processes (golden files), unlike std::hash.
+uint32_t fnv1a(const std::string& s) {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : s) h = (h ^ c) * 16777619u;
+  return h;
+}
+
+Element slotElement(const FragmentChain& fc, uint32_t i) {
+  const auto& [ip, port] = fc.slots[i];
+  KeyBuilder data;
+  if (ip.isV4()) data.ipv4(ip.bytes()); else data.ipv6(ip.bytes());
+  return Element{KeyBuilder().u32host(fc.slotBase + i).take(), data.port(port).take(), {}, {}};
+}
+
+nft::Set endpointsMapObject(const ProxyConfig& cfg, uint32_t shard) {
+  nft::Set m{cfg.table(), names::endpointsMap(shard), {DataType::kInteger}, {addrType(cfg), DataType::kInetService},
+             0, "Endpoint slots of Service ports", {}};
+  m.typeofKey = nft::Typeof::kNumgen;
+  m.typeofData = nft::Typeof::kDaddrThDport;
+  return m;
+}
+
+}  // namespace
+
+void Planner::place(const ObjectName& id, ServiceFragment& f, Plan& plan) const {
+  const ServiceFragment* old = nullptr;
+  if (!plan.full) {
+    auto it = fragments_.find(id);
+    if (it != fragments_.end()) old = &it->second;
+  }
+  const nft::TableRef table = cfg_.table();
+  for (auto& fc : f.chains) {
+    const FragmentChain* prev = nullptr;
+    if (old)
+      for (const auto& c : old->chains)
+        if (c.chain.name == fc.chain.name) prev = &c;
+    const uint32_t n = uint32_t(fc.slots.size());
+    if (prev && n <= prev->slotCapacity) {
+      fc.slotBase = prev->slotBase;
+      fc.slotCapacity = prev->slotCapacity;
+    } else {
+      std::tie(fc.slotBase, fc.slotCapacity) = plan.slots.allocate(n);
+    }
+    fc.shard = fnv1a(fc.chain.name) % plan.endpointShards;
+    fc.rules.push_back(RuleBuilder(table, fc.chain.name)
+                           .l4proto(fc.protocol)
+                           .dnatNumgenMap(n, fc.slotBase, names::endpointsMap(fc.shard))
+                           .build());
+  }
+}
 
 void Planner::planServices(const Snapshot& snapshot, const std::set<ObjectName>& ids, Plan& plan) {
   // Who holds each map key outside this plan: mirror owners that are not being re-planned.
@@ -312,11 +399,11 @@ void Planner::planServices(const Snapshot& snapshot, const std::set<ObjectName>&
   }
   // Claims in this plan: first the Services that already held a key and still want it, then the
   // rest in name order. A Service never loses a key it holds to a newcomer.
-  std::map<ElementKey, ObjectName> claims;
+  std::unordered_map<ElementKey, ObjectName> claims;
   for (const auto& [id, f] : fresh)
     for (const auto& e : f.elements) {
       if (!isMapSet(e.set)) continue;
-      ElementKey k{e.set, e.element.key};
+      ElementKey k = elementKey(e.set, e.element.key);
       auto it = elements_.find(k);
       if (it != elements_.end() && it->second.owners.count(id)) claims.emplace(k, id);
     }
@@ -324,10 +411,10 @@ void Planner::planServices(const Snapshot& snapshot, const std::set<ObjectName>&
     std::set<int> conflicted;
     for (const auto& e : f.elements) {
       if (!isMapSet(e.set)) continue;
-      ElementKey k{e.set, e.element.key};
+      ElementKey k = elementKey(e.set, e.element.key);
       const ObjectName* holder = heldElsewhere(k);
       // The same ip:port/proto may appear in service-ips and no-endpoint-services; both count.
-      ElementKey other{e.set == names::kServiceIPs ? names::kNoEndpointServices : names::kServiceIPs, e.element.key};
+      ElementKey other = elementKey(e.set == names::kServiceIPs ? names::kNoEndpointServices : names::kServiceIPs, e.element.key);
       if (!holder) holder = heldElsewhere(other);
       auto claim = claims.find(k);
       if (!holder && claim != claims.end() && !(claim->second == id)) holder = &claim->second;
@@ -345,6 +432,21 @@ void Planner::planServices(const Snapshot& snapshot, const std::set<ObjectName>&
     for (int p : conflicted) dropPort(f, p);
     if (!conflicted.empty()) plan.blocked.insert(id);
   }
+  for (auto& [id, f] : fresh) place(id, f, plan);
+  // Ranges that chains left (removed, or moved to a bigger range) are free for later plans.
+  if (!plan.full) {
+    for (const auto& id : ids) {
+      auto old = fragments_.find(id);
+      if (old == fragments_.end()) continue;
+      auto nf = fresh.find(id);
+      for (const auto& oc : old->second.chains) {
+        bool kept = false;
+        if (nf != fresh.end())
+          for (const auto& nc : nf->second.chains) kept = kept || (nc.chain.name == oc.chain.name && nc.slotBase == oc.slotBase);
+        if (!kept) plan.slots.release(oc.slotBase, oc.slotCapacity);
+      }
+    }
+  }
   plan.servicesPlanned += fresh.size();
   for (auto& [id, f] : fresh) plan.fragments[id] = std::move(f);
 }
@@ -353,12 +455,22 @@ Planner::Plan Planner::planFull(const Snapshot& snapshot) {
   Plan plan;
   plan.full = true;
   std::set<ObjectName> ids;
-  for (const auto& [id, _] : snapshot.services()) ids.insert(id);
+  size_t ports = 0;
+  for (const auto& [id, svc] : snapshot.services()) {
+    ids.insert(id);
+    ports += svc.ports.size();
+  }
+  // Every rule that looks up a map is a binding the kernel revisits for each element added to
+  // that map, so endpoints are spread over enough maps to keep bindings per map near
+  // chainsPerEndpointMap (a power of two, at most 256).
+  const size_t per = std::max<uint32_t>(1, cfg_.chainsPerEndpointMap);
+  while (plan.endpointShards < 256 && plan.endpointShards * per < ports) plan.endpointShards *= 2;
   planServices(snapshot, ids, plan);
   for (const auto& [id, _] : fragments_)
     if (!snapshot.service(id)) plan.removed.insert(id);
 
   BaseRuleset base = planBase(cfg_);
+  for (uint32_t k = 0; k < plan.endpointShards; ++k) base.sets.push_back(endpointsMapObject(cfg_, k));
   nft::Transaction& tx = plan.tx;
   // add + delete + add: the table exists whatever was there, then is dropped with everything in
   // it, then rebuilt — all in one atomic batch.
@@ -377,19 +489,24 @@ Planner::Plan Planner::planFull(const Snapshot& snapshot) {
   std::map<std::string, std::vector<Element>> bySet;
   for (const auto& [id, f] : plan.fragments)
     for (const auto& e : f.elements) {
-      auto& slot = plan.elements[{e.set, e.element.key}];
+      auto& slot = plan.elements[elementKey(e.set, e.element.key)];
       if (!slot) {
         slot = ElementState{e.element, {}};
         bySet[e.set].push_back(e.element);
       }
       slot->owners.insert(id);
     }
+  for (const auto& [id, f] : plan.fragments)
+    for (const auto& fc : f.chains)
+      for (uint32_t i = 0; i < fc.slots.size(); ++i) bySet[names::endpointsMap(fc.shard)].push_back(slotElement(fc, i));
   for (auto& [set, elems] : bySet) tx.add(nft::Elements{base.table.ref, set, std::move(elems)});
   return plan;
 }
 
 Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<ObjectName>& changed) {
   Plan plan;
+  plan.slots = slots_;
+  plan.endpointShards = endpointShards_;
   std::set<ObjectName> ids = changed;
   ids.insert(blocked_.begin(), blocked_.end());
   planServices(snapshot, ids, plan);
@@ -406,7 +523,8 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
   };
 
   nft::Transaction addChains, rules, delElems, addElems, delChains;
-  std::map<ElementKey, std::optional<ElementState>>& touched = plan.elements;
+  std::map<std::string, std::vector<Element>> slotDels, slotAdds;
+  std::unordered_map<ElementKey, std::optional<ElementState>>& touched = plan.elements;
   for (const auto& id : ids) {
     const ServiceFragment& before = oldOf(id);
     const ServiceFragment& after = newOf(id);
@@ -426,6 +544,26 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
     }
     for (const auto& [name, c] : oldChains)
       if (!newChains.count(name)) delChains.del(c->chain);
+
+    // Endpoint slots: per index while a chain keeps its range, else the whole old range goes
+    // and the whole new one comes (all deletions precede all additions in the batch, so a
+    // range freed and reused within one plan is fine).
+    for (const auto& [name, c] : oldChains) {
+      auto it = newChains.find(name);
+      const FragmentChain* n = it == newChains.end() ? nullptr : it->second;
+      const bool sameRange = n && n->slotBase == c->slotBase && n->shard == c->shard;
+      for (uint32_t i = 0; i < c->slots.size(); ++i)
+        if (!sameRange || i >= n->slots.size() || n->slots[i] != c->slots[i])
+          slotDels[names::endpointsMap(c->shard)].push_back(slotElement(*c, i));
+    }
+    for (const auto& [name, n] : newChains) {
+      auto it = oldChains.find(name);
+      const FragmentChain* c = it == oldChains.end() ? nullptr : it->second;
+      const bool sameRange = c && n->slotBase == c->slotBase && n->shard == c->shard;
+      for (uint32_t i = 0; i < n->slots.size(); ++i)
+        if (!sameRange || i >= c->slots.size() || n->slots[i] != c->slots[i])
+          slotAdds[names::endpointsMap(n->shard)].push_back(slotElement(*n, i));
+    }
   }
   // Element ownership in two passes — every re-planned Service first leaves the keys it held,
   // then joins the keys it wants — so a key moving between two Services of the same plan ends
@@ -440,12 +578,12 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
   };
   for (const auto& id : ids)
     for (const auto& e : oldOf(id).elements) {
-      auto& s = state({e.set, e.element.key});
+      auto& s = state(elementKey(e.set, e.element.key));
       if (s) s->owners.erase(id);
     }
   for (const auto& id : ids)
     for (const auto& e : newOf(id).elements) {
-      auto& s = state({e.set, e.element.key});
+      auto& s = state(elementKey(e.set, e.element.key));
       if (!s) s = ElementState{e.element, {}};
       if (s->owners.empty()) s->element = e.element;
       s->owners.insert(id);
@@ -456,9 +594,11 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
     const Element* was = cur == elements_.end() ? nullptr : &cur->second.element;
     if (s && s->owners.empty()) s.reset();
     const Element* now = s ? &s->element : nullptr;
-    if (was && (!now || !(*was == *now))) dels[k.first].push_back(*was);
-    if (now && (!was || !(*was == *now))) adds[k.first].push_back(*now);
+    if (was && (!now || !(*was == *now))) dels[setOf(k)].push_back(*was);
+    if (now && (!was || !(*was == *now))) adds[setOf(k)].push_back(*now);
   }
+  for (auto& [set, el] : slotDels) dels[set] = std::move(el);
+  for (auto& [set, el] : slotAdds) adds[set] = std::move(el);
   for (auto& [set, el] : dels) delElems.del(nft::Elements{table, set, std::move(el)});
   for (auto& [set, el] : adds) addElems.add(nft::Elements{table, set, std::move(el)});
 
@@ -487,6 +627,8 @@ void Planner::commit(Plan&& plan) {
     fragments_[id] = std::move(f);
   }
   blocked_.insert(plan.blocked.begin(), plan.blocked.end());
+  slots_ = std::move(plan.slots);
+  endpointShards_ = plan.endpointShards;
   for (auto& [k, s] : plan.elements) {
     if (s)
       elements_[k] = std::move(*s);
@@ -497,6 +639,7 @@ void Planner::commit(Plan&& plan) {
 }
 
 void Planner::reset() {
+  slots_ = {};
   fragments_.clear();
   elements_.clear();
   blocked_.clear();

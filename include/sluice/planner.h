@@ -11,6 +11,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "sluice/model.h"
@@ -26,6 +27,8 @@ struct ProxyConfig {
   std::vector<IPPrefix> clusterCIDRs;   // pod CIDR(s): traffic from outside is masqueraded
   bool masqueradeAll = false;           // masquerade every ClusterIP flow
   uint32_t masqueradeBit = 14;          // packet mark bit 0x4000 by default, as kube-proxy
+  // Service-port chains per endpoints map (see docs/design.md, "Why sharded endpoint maps").
+  uint32_t chainsPerEndpointMap = 64;
 
   uint32_t masqueradeMark() const { return 1u << masqueradeBit; }
   nft::TableRef table() const;
@@ -48,6 +51,7 @@ struct ResolvedEndpoint {
   bool serving = true;
   bool terminating = false;
   bool local = false;
+  bool nodeUnknown = false;  // no nodeName: locality unknown
   uint32_t weight = 1;
   bool operator==(const ResolvedEndpoint&) const = default;
 };
@@ -80,14 +84,22 @@ struct FragmentElement {
   bool operator==(const FragmentElement&) const = default;
 };
 
+// A Service-port chain. Its endpoints are `slots` (an endpoint repeated by its weight); the
+// Planner places them in the shared endpoints map at [slotBase, slotBase + slotCapacity).
 struct FragmentChain {
   nft::Chain chain;
   std::vector<nft::Rule> rules;
   int port = -1;
+  Protocol protocol = Protocol::kTCP;
+  std::vector<std::pair<IPAddress, uint16_t>> slots;
+  uint32_t slotBase = 0;
+  uint32_t slotCapacity = 0;
+  uint32_t shard = 0;  // which endpoints map ("endpoints-<shard>")
   bool operator==(const FragmentChain&) const = default;
 };
 
-// Everything one Service owns in the table.
+// Everything one Service owns in the table. From planService() the chains carry their endpoint
+// slots but no rules yet; Planner places the slots and adds the rules and map elements.
 struct ServiceFragment {
   std::vector<FragmentChain> chains;
   std::vector<FragmentElement> elements;
@@ -114,6 +126,7 @@ inline constexpr const char* kClusterIPs = "cluster-ips";
 inline constexpr const char* kServiceIPs = "service-ips";
 inline constexpr const char* kNoEndpointServices = "no-endpoint-services";
 inline constexpr const char* kHairpin = "hairpin";
+std::string endpointsMap(uint32_t shard);  // "endpoints-<shard>"
 inline constexpr const char* kServicesChain = "services";
 inline constexpr const char* kEndpointsCheckChain = "service-endpoints-check";
 inline constexpr const char* kClusterIPsCheckChain = "cluster-ips-check";
@@ -123,12 +136,27 @@ inline constexpr const char* kMasqueradingChain = "masquerading";
 std::string serviceChain(const ObjectName& svc, Protocol proto, const std::string& portName);
 }  // namespace names
 
+// Ranges of slots in the endpoints map. A Service port gets a power-of-two range so that it can
+// gain endpoints without moving; released ranges are reused by size.
+class SlotAllocator {
+ public:
+  std::pair<uint32_t, uint32_t> allocate(uint32_t n);  // base, capacity
+  void release(uint32_t base, uint32_t capacity);
+  bool operator==(const SlotAllocator&) const = default;
+
+ private:
+  std::map<uint32_t, std::vector<uint32_t>> free_;  // capacity → bases
+  uint32_t next_ = 0;
+};
+
 // The mirror of what was committed, and the diff against it.
 class Planner {
  public:
   explicit Planner(ProxyConfig cfg);
 
-  using ElementKey = std::pair<std::string, nft::Bytes>;  // set name, key bytes
+  // Elements of the shared sets and maps, keyed by set name + NUL + key bytes. (Endpoint slots
+  // are owned by one chain each and are diffed per chain instead.)
+  using ElementKey = std::string;
   struct ElementState {
     nft::Element element;
     std::set<ObjectName> owners;  // Services contributing it (plain sets may be shared)
@@ -144,7 +172,9 @@ class Planner {
     std::set<ObjectName> blocked;                     // planned Services with a conflicting port
     // Element table after the plan: complete for a full plan, only touched keys otherwise
     // (nullopt = the element goes away).
-    std::map<ElementKey, std::optional<ElementState>> elements;
+    std::unordered_map<ElementKey, std::optional<ElementState>> elements;
+    SlotAllocator slots;       // allocator state after the plan
+    uint32_t endpointShards = 1;  // number of endpoints maps (fixed between full plans)
   };
 
   // Replaces the whole table in one transaction (first sync, after a failure, drift repair).
@@ -166,12 +196,17 @@ class Planner {
   // Plans `ids` into plan.fragments. A port whose map key another Service holds (in the mirror,
   // or earlier in this plan) is dropped from the newcomer and reported: first holder wins.
   void planServices(const Snapshot& snapshot, const std::set<ObjectName>& ids, Plan& plan);
+  // Gives each chain of `f` its slot range (keeping the old range when the endpoints still fit)
+  // and its dnat rule.
+  void place(const ObjectName& id, ServiceFragment& f, Plan& plan) const;
 
   ProxyConfig cfg_;
   bool committed_ = false;
   std::map<ObjectName, ServiceFragment> fragments_;
-  std::map<ElementKey, ElementState> elements_;
+  std::unordered_map<ElementKey, ElementState> elements_;
   std::set<ObjectName> blocked_;  // Services with a port skipped because of a conflict
+  SlotAllocator slots_;
+  uint32_t endpointShards_ = 1;
 };
 
 }  // namespace sluice

@@ -46,7 +46,7 @@ struct Bitwise { uint32_t sreg; uint32_t dreg; uint32_t len; Bytes mask; Bytes x
 // Set lookup. `set` names a table set; `anonSet` >= 0 refers to the rule's own anonymous set.
 struct Lookup { uint32_t sreg; std::string set; int anonSet = -1; std::optional<uint32_t> dreg; bool invert = false; bool operator==(const Lookup&) const = default; };
 struct Immediate { uint32_t dreg; Bytes data; Verdict verdict; bool operator==(const Immediate&) const = default; };
-struct Numgen { uint32_t dreg; uint32_t mod; bool operator==(const Numgen&) const = default; };  // random
+struct Numgen { uint32_t dreg; uint32_t mod; uint32_t offset = 0; bool operator==(const Numgen&) const = default; };  // random
 enum class CtKey : uint32_t { kState = 0, kStatus = 2, kMark = 3 };
 struct Ct { CtKey key; uint32_t dreg; bool operator==(const Ct&) const = default; };
 enum class NatType : uint32_t { kSnat = 0, kDnat = 1 };
@@ -107,6 +107,14 @@ struct Element {
   bool operator==(const Element&) const = default;
 };
 
+// How nft shows a set declared with `typeof` (needed where the key or data type alone does not
+// tell nft how to print it, e.g. a bare integer key).
+enum class Typeof : uint8_t {
+  kNone,
+  kNumgen,        // typeof numgen random mod 1
+  kDaddrThDport,  // typeof ip daddr . th dport (ip6 daddr in an ip6 table)
+};
+
 struct Set {
   TableRef table;
   std::string name;                  // for anonymous sets: assigned by the kernel ("__map%d")
@@ -117,6 +125,11 @@ struct Set {
   std::vector<Element> elements;     // only for anonymous sets, which are created with the rule
   bool isMap() const { return !data.empty(); }
   bool isVerdictMap() const { return data.size() == 1 && data[0] == DataType::kVerdict; }
+  Typeof typeofKey = Typeof::kNone;
+  Typeof typeofData = Typeof::kNone;
+  // NFTA_SET_DESC_SIZE. For a named set the kernel treats it as the maximum element count
+  // (ENFILE beyond it) and sizes its hash table from it.
+  uint32_t size = 0;
   uint32_t keyLen() const;
   uint32_t dataLen() const;
   bool operator==(const Set&) const = default;

@@ -32,6 +32,9 @@ class RuleBuilder {
   RuleBuilder& daddrProtoPortVmap(const std::string& map);    // ip daddr . meta l4proto . th dport vmap @map
   // meta l4proto must be matched first; endpoints are (address, port), each one numgen slot.
   RuleBuilder& dnatNumgen(const std::vector<std::pair<IPAddress, uint16_t>>& endpoints);
+  // dnat ip to numgen random mod N offset B map @map — endpoints live in a shared named map
+  // keyed by slot number; this Service port owns slots [B, B+N).
+  RuleBuilder& dnatNumgenMap(uint32_t mod, uint32_t offset, const std::string& map);
   RuleBuilder& masquerade(bool fullyRandom);
   RuleBuilder& reject();
   RuleBuilder& verdict(VerdictCode code, const std::string& chain = {});

@@ -1,0 +1,54 @@
+// The benchmark workload: N ClusterIP Services × E endpoints, TCP port 80 → 8080, addresses
+// only from 198.18.0.0/15 (up to 16 384 Services and 114 688 endpoint slots). Run as node-0.
+// compare.py builds the same workload for iptables-restore and nft -f.
+#pragma once
+
+#include <string>
+
+#include "sluice/model.h"
+
+namespace sluice::bench {
+
+// 198.18.0.0/15 holds 131 072 addresses: Services take the first 16 384, endpoints the rest,
+// each Service owning E+1 endpoint slots (the spare one is used to add an endpoint).
+inline IPAddress offsetIP(uint32_t n) {
+  const uint32_t a = (198u << 24 | 18u << 16) + n;
+  return IPAddress::v4(uint8_t(a >> 24), uint8_t(a >> 16), uint8_t(a >> 8), uint8_t(a));
+}
+inline IPAddress serviceIP(uint32_t i) { return offsetIP(i); }
+inline IPAddress endpointIP(uint32_t i, uint32_t e, uint32_t perService) {
+  return offsetIP(16384 + i * (perService + 1) + e);
+}
+
+inline Service benchService(uint32_t i) {
+  Service s;
+  s.id = {"bench", "svc-" + std::to_string(i)};
+  s.clusterIPs = {serviceIP(i)};
+  s.ports = {{"http", Protocol::kTCP, 80, 0}};
+  return s;
+}
+
+// `extra` = also the spare endpoint: the one-endpoint change of target P2.
+inline EndpointSlice benchSlice(uint32_t i, uint32_t endpoints, bool extra = false) {
+  EndpointSlice sl;
+  sl.id = {"bench", "svc-" + std::to_string(i) + "-slice"};
+  sl.serviceName = "svc-" + std::to_string(i);
+  sl.ports = {{"http", Protocol::kTCP, 8080}};
+  for (uint32_t e = 0; e < endpoints + (extra ? 1 : 0); ++e) {
+    Endpoint ep;
+    ep.addresses = {endpointIP(i, e, endpoints)};
+    // Spread over a 100-node cluster; the benchmarked node is node-0, so 1 % are local.
+    ep.nodeName = "node-" + std::to_string((i * (endpoints + 1) + e) % 100);
+    sl.endpoints.push_back(ep);
+  }
+  return sl;
+}
+
+inline void fillSnapshot(Snapshot& s, uint32_t services, uint32_t endpoints) {
+  for (uint32_t i = 0; i < services; ++i) {
+    s.upsertService(benchService(i));
+    s.upsertSlice(benchSlice(i, endpoints));
+  }
+}
+
+}  // namespace sluice::bench
