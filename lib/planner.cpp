@@ -262,12 +262,13 @@ BaseRuleset planBase(const ProxyConfig& cfg) {
   // a port or protocol the Service does not have.
   b.rules.push_back(rule(names::kClusterIPsCheckChain).daddrInSet(names::kClusterIPs).reject().build());
   b.rules.push_back(rule(names::kRejectChain).reject().build());
+  // Hairpin first — it must not be skipped by the unmarked-return below: a DNATed flow whose
+  // source is its own new destination (a pod load-balanced to itself) must be masqueraded or
+  // the pod would answer itself directly.
+  b.rules.push_back(rule(names::kMasqueradingChain).ctStatusDnat().saddrDaddrInSet(names::kHairpin).masquerade(true).build());
   b.rules.push_back(rule(names::kMasqueradingChain).markAndEq(mark, 0).verdict(VerdictCode::kReturn).build());
   b.rules.push_back(rule(names::kMasqueradingChain).markSetXor(mark).build());
   b.rules.push_back(rule(names::kMasqueradingChain).masquerade(true).build());
-  // Hairpin: a DNATed flow whose source is its own new destination (a pod load-balanced to
-  // itself) must be masqueraded or the pod would answer itself directly.
-  b.rules.push_back(rule(names::kMasqueradingChain).ctStatusDnat().saddrDaddrInSet(names::kHairpin).masquerade(true).build());
   return b;
 }
 

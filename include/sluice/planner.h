@@ -28,7 +28,7 @@ struct ProxyConfig {
   bool masqueradeAll = false;           // masquerade every ClusterIP flow
   uint32_t masqueradeBit = 14;          // packet mark bit 0x4000 by default, as kube-proxy
   // Service-port chains per endpoints map (see docs/design.md, "Why sharded endpoint maps").
-  uint32_t chainsPerEndpointMap = 64;
+  uint32_t chainsPerEndpointMap = 80;
 
   uint32_t masqueradeMark() const { return 1u << masqueradeBit; }
   nft::TableRef table() const;
