@@ -31,10 +31,12 @@ int msLeft(Clock::time_point deadline) {
 
 // Errors that mean "somebody actively said no": a TCP RST, or an ICMP(v6) destination
 // unreachable — port (ECONNREFUSED), host/net (EHOSTUNREACH/ENETUNREACH, also a local "no
-// route"), admin-prohibited (EHOSTUNREACH for v4's "packet filtered", EACCES for v6).
+// route"), admin-prohibited (EHOSTUNREACH for v4's "packet filtered", EACCES for v6), and
+// EPERM: a datagram the sender's own output path rejects (a reject rule in the node itself)
+// fails send() with EPERM before any ICMP exists.
 bool isRefusal(int e) {
   return e == ECONNREFUSED || e == EHOSTUNREACH || e == ENETUNREACH || e == EACCES ||
-         e == ECONNRESET;
+         e == ECONNRESET || e == EPERM;
 }
 
 ProbeResult failed(int err, std::string detail) {
