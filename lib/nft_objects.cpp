@@ -1,6 +1,7 @@
 #include <arpa/inet.h>
 
 #include <cstring>
+#include <stdexcept>
 
 #include <fmt/format.h>
 
@@ -70,26 +71,39 @@ uint32_t concatLen(const std::vector<DataType>& types) {
 uint32_t Set::keyLen() const { return concatLen(key); }
 uint32_t Set::dataLen() const { return isVerdictMap() ? 0 : concatLen(data); }
 
+Bytes::Bytes(size_t n, uint8_t value) {
+  if (n > kCapacity) throw std::length_error("nft::Bytes: value longer than kCapacity");
+  std::fill_n(bytes_.begin(), n, value);
+  size_ = uint8_t(n);
+}
+
+Bytes& Bytes::append(const uint8_t* p, size_t n) {
+  if (n > kCapacity - size_) throw std::length_error("nft::Bytes: value longer than kCapacity");
+  std::copy_n(p, n, bytes_.begin() + size_);
+  size_ = uint8_t(size_ + n);
+  return *this;
+}
+
 KeyBuilder& KeyBuilder::ipv4(const uint8_t* b) {
-  b_.insert(b_.end(), b, b + 4);
+  b_.append(b, 4);
   return *this;
 }
 KeyBuilder& KeyBuilder::ipv6(const uint8_t* b) {
-  b_.insert(b_.end(), b, b + 16);
+  b_.append(b, 16);
   return *this;
 }
 KeyBuilder& KeyBuilder::proto(uint8_t p) {
-  b_.insert(b_.end(), {p, 0, 0, 0});
+  b_.append({p, 0, 0, 0});
   return *this;
 }
 KeyBuilder& KeyBuilder::port(uint16_t p) {
-  b_.insert(b_.end(), {uint8_t(p >> 8), uint8_t(p & 0xff), 0, 0});
+  b_.append({uint8_t(p >> 8), uint8_t(p & 0xff), 0, 0});
   return *this;
 }
 KeyBuilder& KeyBuilder::u32host(uint32_t v) {
   uint8_t raw[4];
   std::memcpy(raw, &v, 4);
-  b_.insert(b_.end(), raw, raw + 4);
+  b_.append(raw, 4);
   return *this;
 }
 

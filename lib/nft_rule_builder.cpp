@@ -36,6 +36,7 @@ std::string verdictText(const Verdict& v) {
 RuleBuilder::RuleBuilder(TableRef table, std::string chain) {
   rule_.table = std::move(table);
   rule_.chain = std::move(chain);
+  rule_.exprs.reserve(8);  // rules have a handful of expressions: one allocation, not four
 }
 
 const char* RuleBuilder::ipKeyword() const { return rule_.table.family == Family::kIPv6 ? "ip6" : "ip"; }

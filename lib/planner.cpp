@@ -1,8 +1,11 @@
 #include "sluice/planner.h"
 
-#include <openssl/sha.h>
+#include <openssl/evp.h>
 
 #include <algorithm>
+#include <array>
+#include <numeric>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -28,12 +31,26 @@ std::string Problem::toString() const {
   return s + ": " + reason;
 }
 
+namespace {
+
+// The one-shot SHA256() looks the algorithm up in OpenSSL's provider store on every call,
+// which costs more than the hash itself; fetch it once.
+const EVP_MD* sha256() {
+  static const EVP_MD* const md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  return md;
+}
+
+}  // namespace
+
 namespace names {
 
 std::string serviceChain(const ObjectName& svc, Protocol proto, const std::string& portName) {
-  const std::string key = fmt::format("{}/{}/{}/{}", svc.ns, svc.name, protocolNftName(proto), portName);
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(key.data()), key.size(), digest);
+  std::string key;
+  key.reserve(svc.ns.size() + svc.name.size() + portName.size() + 8);
+  key.append(svc.ns).append("/").append(svc.name).append("/");
+  key.append(protocolNftName(proto)).append("/").append(portName);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  EVP_Digest(key.data(), key.size(), digest, nullptr, sha256(), nullptr);
   // First 8 characters of base32(sha256(key)): 40 bits, enough to keep names unique even when
   // a very long key is truncated below.
   static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -41,12 +58,24 @@ std::string serviceChain(const ObjectName& svc, Protocol proto, const std::strin
   for (int i = 0; i < 5; ++i) bits = (bits << 8) | digest[i];
   std::string hash(8, '?');
   for (int i = 7; i >= 0; --i, bits >>= 5) hash[size_t(i)] = kAlphabet[bits & 31];
-  std::string name = "svc-" + hash + "-" + key;
+  std::string name;
+  name.reserve(hash.size() + key.size() + 5);
+  name.append("svc-").append(hash).append("-").append(key);
   if (name.size() > 255) name.resize(255);  // NFT_NAME_MAXLEN includes the NUL
   return name;
 }
 
 std::string endpointsMap(uint32_t shard) { return "endpoints-" + std::to_string(shard); }
+
+const char* sharedSet(SharedSet s) {
+  switch (s) {
+    case SharedSet::kClusterIPs: return kClusterIPs;
+    case SharedSet::kServiceIPs: return kServiceIPs;
+    case SharedSet::kNoEndpointServices: return kNoEndpointServices;
+    case SharedSet::kHairpin: return kHairpin;
+  }
+  return "?";
+}
 
 }  // namespace names
 
@@ -59,12 +88,40 @@ std::string skipReason(const Service& svc, const ProxyConfig& cfg) {
   return fmt::format("no {} cluster IP", familyName(cfg.family));
 }
 
+namespace {
+
+// An address:port listed more than once (in two slices, or twice in one) keeps its first place.
+void removeDuplicates(std::vector<ResolvedEndpoint>& endpoints) {
+  if (endpoints.size() < 2) return;
+  std::vector<uint32_t> order(endpoints.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+    const auto& x = endpoints[a];
+    const auto& y = endpoints[b];
+    return std::tie(x.ip, x.port, a) < std::tie(y.ip, y.port, b);
+  });
+  std::vector<bool> duplicate(endpoints.size());
+  for (size_t i = 1; i < order.size(); ++i) {
+    const auto& a = endpoints[order[i - 1]];
+    const auto& b = endpoints[order[i]];
+    duplicate[order[i]] = a.ip == b.ip && a.port == b.port;
+  }
+  size_t kept = 0;
+  for (size_t i = 0; i < endpoints.size(); ++i)
+    if (!duplicate[i]) endpoints[kept++] = endpoints[i];
+  endpoints.resize(kept);
+}
+
+}  // namespace
+
 std::vector<ResolvedEndpoint> resolveEndpoints(const Service& svc, const ServicePort& port,
                                                const std::map<ObjectName, EndpointSlice>& slices,
                                                const ProxyConfig& cfg, std::vector<Problem>* problems) {
   std::vector<ResolvedEndpoint> out;
-  std::set<std::pair<IPAddress, uint16_t>> seen;
   (void)svc;
+  size_t listed = 0;
+  for (const auto& [sid, slice] : slices) listed += slice.endpoints.size();
+  out.reserve(listed);
   for (const auto& [sid, slice] : slices) {
     if (slice.addressType != cfg.family) continue;
     const EndpointPort* sp = nullptr;
@@ -88,7 +145,6 @@ std::vector<ResolvedEndpoint> resolveEndpoints(const Service& svc, const Service
                                            familyName(cfg.family))});
         continue;
       }
-      if (!seen.insert({ip, sp->port}).second) continue;
       ResolvedEndpoint r;
       r.ip = ip;
       r.port = sp->port;
@@ -101,11 +157,13 @@ std::vector<ResolvedEndpoint> resolveEndpoints(const Service& svc, const Service
       out.push_back(r);
     }
   }
+  removeDuplicates(out);
   return out;
 }
 
 EndpointSets categorizeEndpoints(const std::vector<ResolvedEndpoint>& endpoints) {
   EndpointSets s;
+  s.cluster.reserve(endpoints.size());
   for (const auto& e : endpoints) {
     if (e.weight == 0) continue;
     if (e.ready) s.cluster.push_back(e);
@@ -153,27 +211,27 @@ ServiceFragment planService(const Service& svc, const std::map<ObjectName, Endpo
                             const ProxyConfig& cfg) {
   ServiceFragment f;
   if (!skipReason(svc, cfg).empty()) return f;
-  const std::string object = "Service " + svc.id.toString();
+  auto object = [&] { return "Service " + svc.id.toString(); };
   IPAddress clusterIP;
   for (const auto& ip : svc.clusterIPs)
     if (ip.family() == cfg.family) {
       clusterIP = ip;
       break;
     }
-  const nft::TableRef table = cfg.table();
-  f.elements.push_back({names::kClusterIPs, Element{addrKey(clusterIP), {}, {}, {}}, -1});
+  f.elements.reserve(1 + svc.ports.size());  // the ClusterIP, a map entry per port; rarely hairpins
+  f.elements.push_back({SharedSet::kClusterIPs, Element{addrKey(clusterIP), {}, {}, {}}, -1});
 
-  std::set<std::pair<Protocol, uint16_t>> seenPorts;
   std::set<IPAddress> hairpin;
   for (size_t i = 0; i < svc.ports.size(); ++i) {
     const ServicePort& sp = svc.ports[i];
     const int pi = int(i);
     if (sp.port == 0) {
-      f.problems.push_back({object, fmt::format("spec.ports[{}].port", i), "must be between 1 and 65535"});
+      f.problems.push_back({object(), fmt::format("spec.ports[{}].port", i), "must be between 1 and 65535"});
       continue;
     }
-    if (!seenPorts.insert({sp.protocol, sp.port}).second) {
-      f.problems.push_back({object, fmt::format("spec.ports[{}]", i),
+    auto samePort = [&](const ServicePort& p) { return p.protocol == sp.protocol && p.port == sp.port; };
+    if (std::any_of(svc.ports.begin(), svc.ports.begin() + pi, samePort)) {
+      f.problems.push_back({object(), fmt::format("spec.ports[{}]", i),
                             fmt::format("duplicate port {}/{}", sp.port, protocolName(sp.protocol))});
       continue;
     }
@@ -185,14 +243,17 @@ ServiceFragment planService(const Service& svc, const std::map<ObjectName, Endpo
       // No endpoint anywhere: reject so clients fail fast; endpoints elsewhere but none local
       // under internalTrafficPolicy Local: drop (service-semantics §3).
       Verdict v = sets.hasEndpoints ? Verdict{VerdictCode::kDrop, {}} : Verdict{VerdictCode::kGoto, names::kRejectChain};
-      f.elements.push_back({names::kNoEndpointServices,
+      f.elements.push_back({SharedSet::kNoEndpointServices,
                             Element{key, {}, v, fmt::format("{}:{}", svc.id.toString(), sp.name)}, pi});
       continue;
     }
-    const std::string chain = names::serviceChain(svc.id, sp.protocol, sp.name);
-    FragmentChain fc{nft::Chain{table, chain, std::nullopt}, {}, pi, sp.protocol, {}, 0, 0};
+    FragmentChain fc;
+    fc.name = names::serviceChain(svc.id, sp.protocol, sp.name);
+    fc.port = pi;
+    fc.protocol = sp.protocol;
     uint64_t total = 0;
     for (const auto& e : chosen) total += e.weight;
+    fc.slots.reserve(std::min(total, kMaxSlots));
     for (const auto& e : chosen) {
       // Weights repeat an endpoint's slot; scaled down if the sum would be unreasonable.
       uint64_t n = total > kMaxSlots ? std::max<uint64_t>(1, e.weight * kMaxSlots / total) : e.weight;
@@ -201,10 +262,10 @@ ServiceFragment planService(const Service& svc, const std::map<ObjectName, Endpo
       // local endpoints (and those whose node is unknown) need hairpin detection.
       if (e.local || e.nodeUnknown) hairpin.insert(e.ip);
     }
+    f.elements.push_back({SharedSet::kServiceIPs, Element{key, {}, Verdict{VerdictCode::kGoto, fc.name}, {}}, pi});
     f.chains.push_back(std::move(fc));
-    f.elements.push_back({names::kServiceIPs, Element{key, {}, Verdict{VerdictCode::kGoto, chain}, {}}, pi});
   }
-  for (const auto& ip : hairpin) f.elements.push_back({names::kHairpin, Element{pairKey(ip, ip), {}, {}, {}}, -1});
+  for (const auto& ip : hairpin) f.elements.push_back({SharedSet::kHairpin, Element{pairKey(ip, ip), {}, {}, {}}, -1});
   return f;
 }
 
@@ -296,9 +357,21 @@ void SlotAllocator::release(uint32_t base, uint32_t capacity) {
 
 Planner::Planner(ProxyConfig cfg) : cfg_(std::move(cfg)) {}
 
+size_t Planner::ElementKeyHash::operator()(const ElementKey& k) const {
+  const std::string_view bytes(reinterpret_cast<const char*>(k.key.data()), k.key.size());
+  return std::hash<std::string_view>()(bytes) ^ size_t(k.set);
+}
+
 namespace {
 
-bool isMapSet(const std::string& set) { return set == names::kServiceIPs || set == names::kNoEndpointServices; }
+constexpr size_t kSharedSets = size_t(SharedSet::kHairpin) + 1;
+
+bool isMap(SharedSet set) { return set == SharedSet::kServiceIPs || set == SharedSet::kNoEndpointServices; }
+
+// The same ip:port/proto may appear in service-ips and no-endpoint-services; both count.
+SharedSet otherMap(SharedSet set) {
+  return set == SharedSet::kServiceIPs ? SharedSet::kNoEndpointServices : SharedSet::kServiceIPs;
+}
 
 std::string describeKey(const Bytes& key) {
   // address . proto . port, as laid out by servicePortKey
@@ -311,23 +384,21 @@ std::string describeKey(const Bytes& key) {
   return "?";
 }
 
-Planner::ElementKey elementKey(const std::string& set, const Bytes& key) {
-  std::string k = set;
-  k.push_back('\0');
-  k.append(reinterpret_cast<const char*>(key.data()), key.size());
-  return k;
-}
-
-std::string setOf(const Planner::ElementKey& k) { return k.substr(0, k.find('\0')); }
-
 void dropPort(ServiceFragment& f, int port) {
   std::erase_if(f.chains, [&](const FragmentChain& c) { return c.port == port; });
   std::erase_if(f.elements, [&](const FragmentElement& e) { return e.port == port; });
 }
 
-}  // namespace
+// Owner lists are sorted, so the first holder named in a conflict does not depend on history.
+void addOwner(std::vector<ObjectName>& owners, const ObjectName& id) {
+  auto it = std::lower_bound(owners.begin(), owners.end(), id);
+  if (it == owners.end() || !(*it == id)) owners.insert(it, id);
+}
 
-namespace {
+void removeOwner(std::vector<ObjectName>& owners, const ObjectName& id) {
+  auto it = std::lower_bound(owners.begin(), owners.end(), id);
+  if (it != owners.end() && *it == id) owners.erase(it);
+}
 
 // Stable across processes (golden files), unlike std::hash.
 uint32_t fnv1a(const std::string& s) {
@@ -336,11 +407,14 @@ uint32_t fnv1a(const std::string& s) {
   return h;
 }
 
-Element slotElement(const FragmentChain& fc, uint32_t i) {
+// The element of a chain's i-th endpoint slot, `slotBase + i : address . port`, added to `out`.
+void addSlotElement(const FragmentChain& fc, uint32_t i, std::vector<Element>& out) {
   const auto& [ip, port] = fc.slots[i];
   KeyBuilder data;
   if (ip.isV4()) data.ipv4(ip.bytes()); else data.ipv6(ip.bytes());
-  return Element{KeyBuilder().u32host(fc.slotBase + i).take(), data.port(port).take(), {}, {}};
+  Element& e = out.emplace_back();
+  e.key = KeyBuilder().u32host(fc.slotBase + i).take();
+  e.data = data.port(port).take();
 }
 
 nft::Set endpointsMapObject(const ProxyConfig& cfg, uint32_t shard) {
@@ -351,7 +425,17 @@ nft::Set endpointsMapObject(const ProxyConfig& cfg, uint32_t shard) {
   return m;
 }
 
+// Element batches by set, in set-name order (the order of the batch's element messages).
+using ElementsBySet = std::map<std::string, std::vector<Element>>;
+
 }  // namespace
+
+nft::Rule FragmentChain::rule(const nft::TableRef& table) const {
+  return RuleBuilder(table, name)
+      .l4proto(protocol)
+      .dnatNumgenMap(uint32_t(slots.size()), slotBase, names::endpointsMap(shard))
+      .build();
+}
 
 void Planner::place(const ObjectName& id, ServiceFragment& f, Plan& plan) const {
   const ServiceFragment* old = nullptr;
@@ -359,12 +443,11 @@ void Planner::place(const ObjectName& id, ServiceFragment& f, Plan& plan) const 
     auto it = fragments_.find(id);
     if (it != fragments_.end()) old = &it->second;
   }
-  const nft::TableRef table = cfg_.table();
   for (auto& fc : f.chains) {
     const FragmentChain* prev = nullptr;
     if (old)
       for (const auto& c : old->chains)
-        if (c.chain.name == fc.chain.name) prev = &c;
+        if (c.name == fc.name) prev = &c;
     const uint32_t n = uint32_t(fc.slots.size());
     if (prev && n <= prev->slotCapacity) {
       fc.slotBase = prev->slotBase;
@@ -372,55 +455,44 @@ void Planner::place(const ObjectName& id, ServiceFragment& f, Plan& plan) const 
     } else {
       std::tie(fc.slotBase, fc.slotCapacity) = plan.slots.allocate(n);
     }
-    fc.shard = fnv1a(fc.chain.name) % plan.endpointShards;
-    fc.rules.push_back(RuleBuilder(table, fc.chain.name)
-                           .l4proto(fc.protocol)
-                           .dnatNumgenMap(n, fc.slotBase, names::endpointsMap(fc.shard))
-                           .build());
+    fc.shard = fnv1a(fc.name) % plan.endpointShards;
   }
 }
 
-void Planner::planServices(const Snapshot& snapshot, const std::set<ObjectName>& ids, Plan& plan) {
+void Planner::settle(Plan& plan) {
+  std::map<ObjectName, ServiceFragment>& fresh = plan.fragments;
   // Who holds each map key outside this plan: mirror owners that are not being re-planned.
   auto heldElsewhere = [&](const ElementKey& k) -> const ObjectName* {
     auto it = elements_.find(k);
     if (it == elements_.end()) return nullptr;
     for (const auto& o : it->second.owners)
-      if (!ids.count(o)) return &o;
+      if (!fresh.count(o) && !plan.removed.count(o)) return &o;
     return nullptr;
   };
-  std::map<ObjectName, ServiceFragment> fresh;
-  for (const auto& id : ids) {
-    const Service* svc = snapshot.service(id);
-    if (!svc) {
-      plan.removed.insert(id);
-      continue;
-    }
-    fresh[id] = planService(*svc, snapshot.slicesFor(id), cfg_);
-  }
   // Claims in this plan: first the Services that already held a key and still want it, then the
   // rest in name order. A Service never loses a key it holds to a newcomer.
-  std::unordered_map<ElementKey, ObjectName> claims;
+  std::unordered_map<ElementKey, const ObjectName*, ElementKeyHash> claims;
+  claims.reserve(2 * fresh.size());
   for (const auto& [id, f] : fresh)
     for (const auto& e : f.elements) {
-      if (!isMapSet(e.set)) continue;
-      ElementKey k = elementKey(e.set, e.element.key);
+      if (!isMap(e.set)) continue;
+      ElementKey k{e.set, e.element.key};
       auto it = elements_.find(k);
-      if (it != elements_.end() && it->second.owners.count(id)) claims.emplace(k, id);
+      if (it != elements_.end() && std::binary_search(it->second.owners.begin(), it->second.owners.end(), id))
+        claims.emplace(k, &id);
     }
   for (auto& [id, f] : fresh) {
     std::set<int> conflicted;
     for (const auto& e : f.elements) {
-      if (!isMapSet(e.set)) continue;
-      ElementKey k = elementKey(e.set, e.element.key);
+      if (!isMap(e.set)) continue;
+      const ElementKey k{e.set, e.element.key};
+      const ElementKey other{otherMap(e.set), e.element.key};
       const ObjectName* holder = heldElsewhere(k);
-      // The same ip:port/proto may appear in service-ips and no-endpoint-services; both count.
-      ElementKey other = elementKey(e.set == names::kServiceIPs ? names::kNoEndpointServices : names::kServiceIPs, e.element.key);
       if (!holder) holder = heldElsewhere(other);
       auto claim = claims.find(k);
-      if (!holder && claim != claims.end() && !(claim->second == id)) holder = &claim->second;
+      if (!holder && claim != claims.end() && !(*claim->second == id)) holder = claim->second;
       auto claimOther = claims.find(other);
-      if (!holder && claimOther != claims.end() && !(claimOther->second == id)) holder = &claimOther->second;
+      if (!holder && claimOther != claims.end() && !(*claimOther->second == id)) holder = claimOther->second;
       if (holder) {
         if (conflicted.insert(e.port).second)
           f.problems.push_back({"Service " + id.toString(), fmt::format("spec.ports[{}]", e.port),
@@ -428,79 +500,84 @@ void Planner::planServices(const Snapshot& snapshot, const std::set<ObjectName>&
                                             describeKey(e.element.key), holder->toString())});
         continue;
       }
-      claims.emplace(k, id);
+      claims.emplace(k, &id);
     }
     for (int p : conflicted) dropPort(f, p);
     if (!conflicted.empty()) plan.blocked.insert(id);
-  }
-  for (auto& [id, f] : fresh) place(id, f, plan);
-  // Ranges that chains left (removed, or moved to a bigger range) are free for later plans.
-  if (!plan.full) {
-    for (const auto& id : ids) {
-      auto old = fragments_.find(id);
-      if (old == fragments_.end()) continue;
-      auto nf = fresh.find(id);
-      for (const auto& oc : old->second.chains) {
-        bool kept = false;
-        if (nf != fresh.end())
-          for (const auto& nc : nf->second.chains) kept = kept || (nc.chain.name == oc.chain.name && nc.slotBase == oc.slotBase);
-        if (!kept) plan.slots.release(oc.slotBase, oc.slotCapacity);
-      }
-    }
+    place(id, f, plan);
   }
   plan.servicesPlanned += fresh.size();
-  for (auto& [id, f] : fresh) plan.fragments[id] = std::move(f);
 }
 
 Planner::Plan Planner::planFull(const Snapshot& snapshot) {
   Plan plan;
   plan.full = true;
-  std::set<ObjectName> ids;
   size_t ports = 0;
   for (const auto& [id, svc] : snapshot.services()) {
-    ids.insert(id);
     ports += svc.ports.size();
+    plan.fragments.emplace_hint(plan.fragments.end(), id, planService(svc, snapshot.slicesFor(id), cfg_));
   }
   // Every rule that looks up a map is a binding the kernel revisits for each element added to
   // that map, so endpoints are spread over enough maps to keep bindings per map near
   // chainsPerEndpointMap (a power of two, at most 256).
   const size_t per = std::max<uint32_t>(1, cfg_.chainsPerEndpointMap);
   while (plan.endpointShards < 256 && plan.endpointShards * per < ports) plan.endpointShards *= 2;
-  planServices(snapshot, ids, plan);
+  settle(plan);
+  // Services of the mirror that are gone. (settle() still counted them as holders of their map
+  // keys: a newcomer to such a key stays blocked until the next sync re-plans it.)
   for (const auto& [id, _] : fragments_)
     if (!snapshot.service(id)) plan.removed.insert(id);
 
   BaseRuleset base = planBase(cfg_);
   for (uint32_t k = 0; k < plan.endpointShards; ++k) base.sets.push_back(endpointsMapObject(cfg_, k));
+  const nft::TableRef& table = base.table.ref;
   nft::Transaction& tx = plan.tx;
   // add + delete + add: the table exists whatever was there, then is dropped with everything in
   // it, then rebuilt — all in one atomic batch.
-  tx.add(nft::Table{base.table.ref, {}});
-  tx.del(nft::Table{base.table.ref, {}});
+  tx.add(nft::Table{table, {}});
+  tx.del(nft::Table{table, {}});
   tx.add(base.table);
   for (auto& s : base.sets) tx.add(std::move(s));
   for (auto& c : base.chains) tx.add(std::move(c));
-  for (const auto& [id, f] : plan.fragments)
-    for (const auto& fc : f.chains) tx.add(fc.chain);
-  for (auto& r : base.rules) tx.add(std::move(r));
-  for (const auto& [id, f] : plan.fragments)
-    for (const auto& fc : f.chains)
-      for (const auto& r : fc.rules) tx.add(r);
 
-  std::map<std::string, std::vector<Element>> bySet;
-  for (const auto& [id, f] : plan.fragments)
-    for (const auto& e : f.elements) {
-      auto& slot = plan.elements[elementKey(e.set, e.element.key)];
-      if (!slot) {
-        slot = ElementState{e.element, {}};
-        bySet[e.set].push_back(e.element);
-      }
-      slot->owners.insert(id);
+  // After a count (to size the element lists), one pass over the fragments adds the Service
+  // chains and collects their rules, the shared elements (one per key, whoever contributes it)
+  // and the endpoint slots; the batch then lists the rules (base rules first) and the element
+  // batches by set name.
+  std::vector<size_t> slotCounts(plan.endpointShards);
+  size_t elementCount = 0;
+  for (const auto& [id, f] : plan.fragments) {
+    elementCount += f.elements.size();
+    for (const auto& fc : f.chains) slotCounts[fc.shard] += fc.slots.size();
+  }
+  std::vector<std::vector<Element>> slots(plan.endpointShards);
+  for (uint32_t k = 0; k < plan.endpointShards; ++k) slots[k].reserve(slotCounts[k]);
+  std::array<std::vector<Element>, kSharedSets> shared;
+  plan.elements.reserve(elementCount);
+  nft::Transaction rules;
+  for (const auto& [id, f] : plan.fragments) {
+    for (const auto& fc : f.chains) {
+      tx.add(fc.chain(table));
+      rules.add(fc.rule(table));
+      for (uint32_t i = 0; i < fc.slots.size(); ++i) addSlotElement(fc, i, slots[fc.shard]);
     }
-  for (const auto& [id, f] : plan.fragments)
-    for (const auto& fc : f.chains)
-      for (uint32_t i = 0; i < fc.slots.size(); ++i) bySet[names::endpointsMap(fc.shard)].push_back(slotElement(fc, i));
-  for (auto& [set, elems] : bySet) tx.add(nft::Elements{base.table.ref, set, std::move(elems)});
+    for (const auto& e : f.elements) {
+      auto [it, added] = plan.elements.try_emplace(ElementKey{e.set, e.element.key});
+      if (added) {
+        it->second.element = e.element;
+        shared[size_t(e.set)].push_back(e.element);
+      }
+      addOwner(it->second.owners, id);
+    }
+  }
+  for (auto& r : base.rules) tx.add(std::move(r));
+  tx.append(std::move(rules));
+  ElementsBySet bySet;
+  for (size_t s = 0; s < shared.size(); ++s)
+    if (!shared[s].empty()) bySet.emplace(names::sharedSet(SharedSet(s)), std::move(shared[s]));
+  for (uint32_t k = 0; k < plan.endpointShards; ++k)
+    if (!slots[k].empty()) bySet.emplace(names::endpointsMap(k), std::move(slots[k]));
+  for (auto& [set, elems] : bySet) tx.add(nft::Elements{table, set, std::move(elems)});
   return plan;
 }
 
@@ -510,7 +587,25 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
   plan.endpointShards = endpointShards_;
   std::set<ObjectName> ids = changed;
   ids.insert(blocked_.begin(), blocked_.end());
-  planServices(snapshot, ids, plan);
+  for (const auto& id : ids) {
+    if (const Service* svc = snapshot.service(id))
+      plan.fragments.emplace_hint(plan.fragments.end(), id, planService(*svc, snapshot.slicesFor(id), cfg_));
+    else
+      plan.removed.insert(plan.removed.end(), id);
+  }
+  settle(plan);
+  // Ranges that chains left (removed, or moved to a bigger range) are free for later plans.
+  for (const auto& id : ids) {
+    auto old = fragments_.find(id);
+    if (old == fragments_.end()) continue;
+    auto nf = plan.fragments.find(id);
+    for (const auto& oc : old->second.chains) {
+      bool kept = false;
+      if (nf != plan.fragments.end())
+        for (const auto& nc : nf->second.chains) kept = kept || (nc.name == oc.name && nc.slotBase == oc.slotBase);
+      if (!kept) plan.slots.release(oc.slotBase, oc.slotCapacity);
+    }
+  }
 
   const nft::TableRef table = cfg_.table();
   static const ServiceFragment kEmpty;
@@ -524,27 +619,27 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
   };
 
   nft::Transaction addChains, rules, delElems, addElems, delChains;
-  std::map<std::string, std::vector<Element>> slotDels, slotAdds;
-  std::unordered_map<ElementKey, std::optional<ElementState>>& touched = plan.elements;
+  ElementsBySet slotDels, slotAdds;
   for (const auto& id : ids) {
     const ServiceFragment& before = oldOf(id);
     const ServiceFragment& after = newOf(id);
     std::map<std::string, const FragmentChain*> oldChains, newChains;
-    for (const auto& c : before.chains) oldChains[c.chain.name] = &c;
-    for (const auto& c : after.chains) newChains[c.chain.name] = &c;
+    for (const auto& c : before.chains) oldChains[c.name] = &c;
+    for (const auto& c : after.chains) newChains[c.name] = &c;
     for (const auto& [name, c] : newChains) {
+      nft::Rule rule = c->rule(table);
       auto it = oldChains.find(name);
       if (it == oldChains.end()) {
-        addChains.add(c->chain);
-      } else if (it->second->rules == c->rules) {
+        addChains.add(c->chain(table));
+      } else if (it->second->rule(table) == rule) {
         continue;
       } else {
-        rules.flush(c->chain);  // takes the old rules' anonymous maps with it
+        rules.flush(c->chain(table));
       }
-      for (const auto& r : c->rules) rules.add(r);
+      rules.add(std::move(rule));
     }
     for (const auto& [name, c] : oldChains)
-      if (!newChains.count(name)) delChains.del(c->chain);
+      if (!newChains.count(name)) delChains.del(c->chain(table));
 
     // Endpoint slots: per index while a chain keeps its range, else the whole old range goes
     // and the whole new one comes (all deletions precede all additions in the batch, so a
@@ -555,7 +650,7 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
       const bool sameRange = n && n->slotBase == c->slotBase && n->shard == c->shard;
       for (uint32_t i = 0; i < c->slots.size(); ++i)
         if (!sameRange || i >= n->slots.size() || n->slots[i] != c->slots[i])
-          slotDels[names::endpointsMap(c->shard)].push_back(slotElement(*c, i));
+          addSlotElement(*c, i, slotDels[names::endpointsMap(c->shard)]);
     }
     for (const auto& [name, n] : newChains) {
       auto it = oldChains.find(name);
@@ -563,40 +658,39 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
       const bool sameRange = c && n->slotBase == c->slotBase && n->shard == c->shard;
       for (uint32_t i = 0; i < n->slots.size(); ++i)
         if (!sameRange || i >= c->slots.size() || n->slots[i] != c->slots[i])
-          slotAdds[names::endpointsMap(n->shard)].push_back(slotElement(*n, i));
+          addSlotElement(*n, i, slotAdds[names::endpointsMap(n->shard)]);
     }
   }
   // Element ownership in two passes — every re-planned Service first leaves the keys it held,
   // then joins the keys it wants — so a key moving between two Services of the same plan ends
   // with the new owner's value whatever order they are visited in.
-  auto state = [&](const ElementKey& k) -> std::optional<ElementState>& {
-    auto it = touched.find(k);
-    if (it != touched.end()) return it->second;
-    auto cur = elements_.find(k);
-    auto& slot = touched[k];
-    if (cur != elements_.end()) slot = cur->second;
-    return slot;
+  ElementTable& touched = plan.elements;
+  std::vector<const ElementTable::value_type*> order;  // as first touched: the batch's order
+  auto state = [&](const ElementKey& k) -> ElementState& {
+    auto [it, added] = touched.try_emplace(k);
+    if (added) {
+      order.push_back(&*it);
+      auto cur = elements_.find(k);
+      if (cur != elements_.end()) it->second = cur->second;
+    }
+    return it->second;
   };
   for (const auto& id : ids)
-    for (const auto& e : oldOf(id).elements) {
-      auto& s = state(elementKey(e.set, e.element.key));
-      if (s) s->owners.erase(id);
-    }
+    for (const auto& e : oldOf(id).elements) removeOwner(state({e.set, e.element.key}).owners, id);
   for (const auto& id : ids)
     for (const auto& e : newOf(id).elements) {
-      auto& s = state(elementKey(e.set, e.element.key));
-      if (!s) s = ElementState{e.element, {}};
-      if (s->owners.empty()) s->element = e.element;
-      s->owners.insert(id);
+      ElementState& s = state({e.set, e.element.key});
+      if (s.owners.empty()) s.element = e.element;
+      addOwner(s.owners, id);
     }
-  std::map<std::string, std::vector<Element>> dels, adds;
-  for (auto& [k, s] : touched) {
+  ElementsBySet dels, adds;
+  for (const auto* entry : order) {
+    const auto& [k, s] = *entry;
     auto cur = elements_.find(k);
     const Element* was = cur == elements_.end() ? nullptr : &cur->second.element;
-    if (s && s->owners.empty()) s.reset();
-    const Element* now = s ? &s->element : nullptr;
-    if (was && (!now || !(*was == *now))) dels[setOf(k)].push_back(*was);
-    if (now && (!was || !(*was == *now))) adds[setOf(k)].push_back(*now);
+    const Element* now = s.owners.empty() ? nullptr : &s.element;
+    if (was && (!now || !(*was == *now))) dels[names::sharedSet(k.set)].push_back(*was);
+    if (now && (!was || !(*was == *now))) adds[names::sharedSet(k.set)].push_back(*now);
   }
   for (auto& [set, el] : slotDels) dels[set] = std::move(el);
   for (auto& [set, el] : slotAdds) adds[set] = std::move(el);
@@ -615,27 +709,29 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
 
 void Planner::commit(Plan&& plan) {
   if (plan.full) {
-    fragments_.clear();
-    elements_.clear();
-    blocked_.clear();
+    // A full plan holds the whole new state.
+    fragments_ = std::move(plan.fragments);
+    elements_ = std::move(plan.elements);
+    blocked_ = std::move(plan.blocked);
+  } else {
+    for (const auto& id : plan.removed) {
+      fragments_.erase(id);
+      blocked_.erase(id);
+    }
+    for (auto& [id, f] : plan.fragments) {
+      blocked_.erase(id);
+      fragments_.insert_or_assign(id, std::move(f));
+    }
+    blocked_.insert(plan.blocked.begin(), plan.blocked.end());
+    for (auto& [k, s] : plan.elements) {
+      if (s.owners.empty())
+        elements_.erase(k);
+      else
+        elements_.insert_or_assign(k, std::move(s));
+    }
   }
-  for (const auto& id : plan.removed) {
-    fragments_.erase(id);
-    blocked_.erase(id);
-  }
-  for (auto& [id, f] : plan.fragments) {
-    blocked_.erase(id);
-    fragments_[id] = std::move(f);
-  }
-  blocked_.insert(plan.blocked.begin(), plan.blocked.end());
   slots_ = std::move(plan.slots);
   endpointShards_ = plan.endpointShards;
-  for (auto& [k, s] : plan.elements) {
-    if (s)
-      elements_[k] = std::move(*s);
-    else
-      elements_.erase(k);
-  }
   committed_ = true;
 }
 

@@ -75,10 +75,13 @@ EndpointSets categorizeEndpoints(const std::vector<ResolvedEndpoint>& endpoints)
 // this family, or owned by another proxy (label service.kubernetes.io/service-proxy-name).
 std::string skipReason(const Service& svc, const ProxyConfig& cfg);
 
+// The sets and maps of the table that Services add elements to (names::sharedSet() names them).
+enum class SharedSet : uint8_t { kClusterIPs, kServiceIPs, kNoEndpointServices, kHairpin };
+
 // The set/map element a Service contributes, tagged with the port it belongs to (-1 = the
 // whole Service), so a conflicting port can be dropped on its own.
 struct FragmentElement {
-  std::string set;
+  SharedSet set = SharedSet::kClusterIPs;
   nft::Element element;
   int port = -1;
   bool operator==(const FragmentElement&) const = default;
@@ -87,8 +90,7 @@ struct FragmentElement {
 // A Service-port chain. Its endpoints are `slots` (an endpoint repeated by its weight); the
 // Planner places them in the shared endpoints map at [slotBase, slotBase + slotCapacity).
 struct FragmentChain {
-  nft::Chain chain;
-  std::vector<nft::Rule> rules;
+  std::string name;  // of the chain in the proxy's table (names::serviceChain)
   int port = -1;
   Protocol protocol = Protocol::kTCP;
   std::vector<std::pair<IPAddress, uint16_t>> slots;
@@ -96,10 +98,15 @@ struct FragmentChain {
   uint32_t slotCapacity = 0;
   uint32_t shard = 0;  // which endpoints map ("endpoints-<shard>")
   bool operator==(const FragmentChain&) const = default;
+
+  nft::Chain chain(const nft::TableRef& table) const { return {table, name, std::nullopt}; }
+  // The chain's one rule, `meta l4proto P dnat to numgen random mod N offset B map
+  // @endpoints-K`. It follows from the fields above, so the mirror keeps those, not the rule.
+  nft::Rule rule(const nft::TableRef& table) const;
 };
 
 // Everything one Service owns in the table. From planService() the chains carry their endpoint
-// slots but no rules yet; Planner places the slots and adds the rules and map elements.
+// slots but no placement yet; Planner places the slots (slotBase, slotCapacity, shard).
 struct ServiceFragment {
   std::vector<FragmentChain> chains;
   std::vector<FragmentElement> elements;
@@ -126,6 +133,7 @@ inline constexpr const char* kClusterIPs = "cluster-ips";
 inline constexpr const char* kServiceIPs = "service-ips";
 inline constexpr const char* kNoEndpointServices = "no-endpoint-services";
 inline constexpr const char* kHairpin = "hairpin";
+const char* sharedSet(SharedSet s);        // one of the four above
 std::string endpointsMap(uint32_t shard);  // "endpoints-<shard>"
 inline constexpr const char* kServicesChain = "services";
 inline constexpr const char* kEndpointsCheckChain = "service-endpoints-check";
@@ -154,13 +162,23 @@ class Planner {
  public:
   explicit Planner(ProxyConfig cfg);
 
-  // Elements of the shared sets and maps, keyed by set name + NUL + key bytes. (Endpoint slots
-  // are owned by one chain each and are diffed per chain instead.)
-  using ElementKey = std::string;
+  // Elements of the shared sets and maps, by set and key. (Endpoint slots are owned by one
+  // chain each and are diffed per chain instead.)
+  struct ElementKey {
+    SharedSet set;
+    nft::Bytes key;
+    bool operator==(const ElementKey&) const = default;
+  };
+  struct ElementKeyHash {
+    size_t operator()(const ElementKey& k) const;
+  };
   struct ElementState {
     nft::Element element;
-    std::set<ObjectName> owners;  // Services contributing it (plain sets may be shared)
+    // Services contributing it, sorted (plain sets may be shared). In a Plan, none left means
+    // the element goes away.
+    std::vector<ObjectName> owners;
   };
+  using ElementTable = std::unordered_map<ElementKey, ElementState, ElementKeyHash>;
 
   struct Plan {
     nft::Transaction tx;
@@ -170,9 +188,8 @@ class Planner {
     std::map<ObjectName, ServiceFragment> fragments;  // new fragment per planned Service
     std::set<ObjectName> removed;                     // Services that no longer exist
     std::set<ObjectName> blocked;                     // planned Services with a conflicting port
-    // Element table after the plan: complete for a full plan, only touched keys otherwise
-    // (nullopt = the element goes away).
-    std::unordered_map<ElementKey, std::optional<ElementState>> elements;
+    // Element table after the plan: complete for a full plan, only touched keys otherwise.
+    ElementTable elements;
     SlotAllocator slots;       // allocator state after the plan
     uint32_t endpointShards = 1;  // number of endpoints maps (fixed between full plans)
   };
@@ -193,17 +210,19 @@ class Planner {
   std::map<ObjectName, std::vector<Problem>> problems() const;
 
  private:
-  // Plans `ids` into plan.fragments. A port whose map key another Service holds (in the mirror,
-  // or earlier in this plan) is dropped from the newcomer and reported: first holder wins.
-  void planServices(const Snapshot& snapshot, const std::set<ObjectName>& ids, Plan& plan);
+  // Settles the freshly planned plan.fragments: the Services in plan.fragments and plan.removed
+  // are being re-planned; a port whose map key another Service holds (in the mirror, or earlier
+  // in this plan) is dropped from the newcomer and reported — first holder wins — and the
+  // Service's chains are placed.
+  void settle(Plan& plan);
   // Gives each chain of `f` its slot range (keeping the old range when the endpoints still fit)
-  // and its dnat rule.
+  // and its endpoints map.
   void place(const ObjectName& id, ServiceFragment& f, Plan& plan) const;
 
   ProxyConfig cfg_;
   bool committed_ = false;
   std::map<ObjectName, ServiceFragment> fragments_;
-  std::unordered_map<ElementKey, ElementState> elements_;
+  ElementTable elements_;
   std::set<ObjectName> blocked_;  // Services with a port skipped because of a conflict
   SlotAllocator slots_;
   uint32_t endpointShards_ = 1;

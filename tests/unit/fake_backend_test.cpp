@@ -55,7 +55,6 @@ TEST_CASE("fake: kernel error semantics") {
     Status st = fake.apply(tx);
     CHECK_FALSE(st.isOk());
     CHECK(st.err() == err);
-    return st;
   };
   SUBCASE("create of an existing object") { fails(Transaction().create(chain("a")), EEXIST); }
   SUBCASE("add of an existing object is a no-op") { CHECK(fake.apply(Transaction().add(chain("a")).add(vmap("m"))).isOk()); }

@@ -215,8 +215,9 @@ TEST_CASE("planner: endpoint slots are placed in the endpoints map, and keep the
   CHECK(a.slotCapacity == 4);
   CHECK(b.slotCapacity == 4);
   CHECK(a.slotBase != b.slotBase);
-  CHECK(a.rules.back().text == fmt::format("meta l4proto tcp dnat ip to numgen random mod 2{} map @endpoints-0",
-                                           a.slotBase ? fmt::format(" offset {}", a.slotBase) : ""));
+  CHECK(fake.table(nft::Family::kIPv4, "sluice")->chains.at(a.name).rules.back().text ==
+        fmt::format("meta l4proto tcp dnat ip to numgen random mod 2{} map @endpoints-0",
+                    a.slotBase ? fmt::format(" offset {}", a.slotBase) : ""));
   // Two more endpoints still fit in a's range of 4: same base, one rule and two elements change.
   s.upsertSlice(slice("ns", "a-1", "a", {{"", Protocol::kTCP, 80}},
                       {endpoint("198.18.1.1"), endpoint("198.18.1.2"), endpoint("198.18.1.4"), endpoint("198.18.1.5")}));

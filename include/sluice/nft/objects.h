@@ -7,7 +7,12 @@
 // prints for it, produced by the RuleBuilder together with the expressions.
 #pragma once
 
+#include <algorithm>
+#include <array>
+#include <compare>
+#include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <variant>
@@ -15,7 +20,49 @@
 
 namespace sluice::nft {
 
-using Bytes = std::vector<uint8_t>;
+// A value as nftables holds it: a set key, a map's data, an operand of cmp or bitwise. The bytes
+// live inline, so the hundred thousand elements of a large table cost no allocation of their
+// own. The interface is the part of std::vector<uint8_t> that values need, with the same
+// (lexicographic) order.
+class Bytes {
+ public:
+  // The longest value sluice's layout builds is a concatenation of two IPv6 addresses (32
+  // bytes). The kernel allows up to NFT_DATA_VALUE_MAXLEN (64), but every element of every set
+  // carries a key and data of this capacity, so it is not reserved for values nobody builds.
+  static constexpr size_t kCapacity = 32;
+
+  Bytes() = default;
+  Bytes(std::initializer_list<uint8_t> bytes) { append(bytes.begin(), bytes.size()); }
+  Bytes(const uint8_t* first, const uint8_t* last) { append(first, size_t(last - first)); }
+  explicit Bytes(size_t n, uint8_t value = 0);
+
+  const uint8_t* data() const { return bytes_.data(); }
+  uint8_t* data() { return bytes_.data(); }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  const uint8_t* begin() const { return data(); }
+  const uint8_t* end() const { return data() + size_; }
+  uint8_t* begin() { return data(); }
+  uint8_t* end() { return data() + size_; }
+  uint8_t operator[](size_t i) const { return bytes_[i]; }
+  uint8_t& operator[](size_t i) { return bytes_[i]; }
+
+  // Growing past kCapacity is a programming error and throws std::length_error, as a vector
+  // does past its max_size().
+  Bytes& append(const uint8_t* p, size_t n);
+  Bytes& append(std::initializer_list<uint8_t> bytes) { return append(bytes.begin(), bytes.size()); }
+  void push_back(uint8_t b) { append(&b, 1); }
+  void pop_back() { --size_; }
+
+  friend bool operator==(const Bytes& a, const Bytes& b) { return std::equal(a.begin(), a.end(), b.begin(), b.end()); }
+  friend std::strong_ordering operator<=>(const Bytes& a, const Bytes& b) {
+    return std::lexicographical_compare_three_way(a.begin(), a.end(), b.begin(), b.end());
+  }
+
+ private:
+  uint8_t size_ = 0;
+  std::array<uint8_t, kCapacity> bytes_{};
+};
 
 enum class Family : uint8_t { kIPv4 = 2 /*NFPROTO_IPV4*/, kIPv6 = 10 /*NFPROTO_IPV6*/, kInet = 1 };
 const char* familyName(Family f);  // "ip", "ip6", "inet"
@@ -171,7 +218,7 @@ class KeyBuilder {
   KeyBuilder& proto(uint8_t p);
   KeyBuilder& port(uint16_t p);     // network byte order
   KeyBuilder& u32host(uint32_t v);  // integer keys such as numgen results: host byte order
-  Bytes take() { return std::move(b_); }
+  Bytes take() const { return b_; }
 
  private:
   Bytes b_;
