@@ -9,7 +9,7 @@ into its own FRESH network namespace (never the root namespace):
   iptables-legacy    iptables-legacy-restore --counters       kube-proxy iptables mode (KUBE-SVC/SEP)
   iptables-nft       iptables-nft-restore    --counters       same input
   nft-kube-proxy     nft -f                                   kube-proxy nftables mode (prior-art §1.2-1.4)
-  nft-lean           nft -f                                   sluice's layout written as nft text (context)
+  nft-lean           nft -f                                   performance.md's lean layout (context)
 
 Each loader runs as `ip netns exec NS /usr/bin/time -f ... LOADER` in a namespace created for it
 (`slbench-<pid>-<n>`) and deleted afterwards (also on failure, timeout, Ctrl-C and SIGTERM).
@@ -359,7 +359,8 @@ def gen_nft_kube_proxy(w: Workload, path: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# (d) the lean layout = sluice's layout (docs/design.md §3) written as nft text: one chain per
+# (d) performance.md's "lean" layout (sluice's first design, before the kernel costs of inline
+# anonymous maps were measured; docs/design.md §3) written as nft text: one chain per
 # Service port with an inline `numgen random mod N map` of address . port, hairpin set.
 
 def gen_nft_lean(w: Workload, path: Path) -> dict:
@@ -594,7 +595,7 @@ IMPLS = {
     "iptables-legacy": "iptables-legacy-restore (kube-proxy iptables layout)",
     "iptables-nft": "iptables-nft-restore (kube-proxy iptables layout)",
     "nft-kube-proxy": "nft -f (kube-proxy nftables layout)",
-    "nft-lean": "nft -f (lean layout = sluice's, as nft text)",
+    "nft-lean": "nft -f (lean layout of performance.md)",
 }
 ORDER = ["iptables-legacy", "iptables-nft", "nft-lean", "nft-kube-proxy", "sluice"]
 
