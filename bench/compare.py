@@ -140,17 +140,32 @@ def b32_sha256(s: str) -> str:
 LARGE_CLUSTER_ENDPOINTS_THRESHOLD = 1000
 
 
+class LineFile:
+    """A generated loader input, written line by line, counting its lines."""
+
+    def __init__(self, path: Path):
+        self.f = open(path, "w")
+        self.lines = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def out(self, s: str):
+        self.f.write(s)
+        self.f.write("\n")
+        self.lines += 1
+
+
 def gen_iptables(w: Workload, path: Path) -> dict:
     mark = f"{MASQ_MARK:#08x}"  # kube-proxy formats with %#08x -> 0x004000
     large = w.n * w.e > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
     counts = {"filter": 0, "nat": 0}
-    lines = 0
-    with open(path, "w") as f:
+    with LineFile(path) as lf:
         def out(s: str, table: str | None = None):
-            nonlocal lines
-            f.write(s)
-            f.write("\n")
-            lines += 1
+            lf.out(s)
             if table and s.startswith(("-A ", "-I ")):
                 counts[table] += 1
 
@@ -230,7 +245,7 @@ def gen_iptables(w: Workload, path: Path) -> dict:
         for r in rules:
             out(r, "nat")
         out("COMMIT")
-    return {"lines": lines, "bytes": path.stat().st_size, "rules": counts,
+    return {"lines": lf.lines, "bytes": path.stat().st_size, "rules": counts,
             "chains": {"nat": 4 + len(chains), "filter": 5}, "large_cluster_mode": large}
 
 
@@ -247,14 +262,9 @@ def kp_hash_and_truncate(name: str) -> str:
 
 def gen_nft_kube_proxy(w: Workload, path: Path) -> dict:
     T = "ip kube-proxy"
-    lines = 0
     chains = 0
-    with open(path, "w") as f:
-        def out(s: str):
-            nonlocal lines
-            f.write(s)
-            f.write("\n")
-            lines += 1
+    with LineFile(path) as lf:
+        out = lf.out
 
         out(f'add table {T} {{ comment "rules for kube-proxy" ; }}')
         base = (
@@ -354,7 +364,7 @@ def gen_nft_kube_proxy(w: Workload, path: Path) -> dict:
             chains += 1
             out(f"add element {T} cluster-ips {{ {cip} }}")
             out(f"add element {T} service-ips {{ {cip} . {PROTO} . {SERVICE_PORT} : goto {svc_chain} }}")
-    return {"lines": lines, "bytes": path.stat().st_size, "chains": chains,
+    return {"lines": lf.lines, "bytes": path.stat().st_size, "chains": chains,
             "table": ("ip", "kube-proxy"), "service_ips": w.n}
 
 
@@ -365,14 +375,9 @@ def gen_nft_kube_proxy(w: Workload, path: Path) -> dict:
 
 def gen_nft_lean(w: Workload, path: Path) -> dict:
     T = "ip lean"
-    lines = 0
     chains = 0
-    with open(path, "w") as f:
-        def out(s: str):
-            nonlocal lines
-            f.write(s)
-            f.write("\n")
-            lines += 1
+    with LineFile(path) as lf:
+        out = lf.out
 
         out(f"add table {T}")
         base = (
@@ -421,7 +426,7 @@ def gen_nft_lean(w: Workload, path: Path) -> dict:
             out(f"add element {T} cluster-ips {{ {cip} }}")
             out(f"add element {T} service-ips {{ {cip} . {PROTO} . {SERVICE_PORT} : goto {chain} }}")
             out(f"add element {T} hairpin {{ {', '.join(f'{ep} . {ep}' for ep in dict.fromkeys(eps))} }}")
-    return {"lines": lines, "bytes": path.stat().st_size, "chains": chains,
+    return {"lines": lf.lines, "bytes": path.stat().st_size, "chains": chains,
             "table": ("ip", "lean"), "service_ips": w.n}
 
 

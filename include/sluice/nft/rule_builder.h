@@ -31,6 +31,9 @@ class RuleBuilder {
   RuleBuilder& markSetXor(uint32_t bits);                     // meta mark set meta mark ^ B
   RuleBuilder& daddrProtoPortVmap(const std::string& map);    // ip daddr . meta l4proto . th dport vmap @map
   // meta l4proto must be matched first; endpoints are (address, port), each one numgen slot.
+  // The inline map is an anonymous set: fine for a few rules, but the kernel's cost per
+  // anonymous set grows with the batch and the table (docs/design.md §3), which is why the
+  // planner uses dnatNumgenMap over shared slot maps instead.
   RuleBuilder& dnatNumgen(const std::vector<std::pair<IPAddress, uint16_t>>& endpoints);
   // dnat ip to numgen random mod N offset B map @map — endpoints live in a shared named map
   // keyed by slot number; this Service port owns slots [B, B+N).
