@@ -1,8 +1,19 @@
 #include "sluice/model.h"
+#include "sluice/source.h"
 
 #include <fmt/format.h>
 
 namespace sluice {
+
+std::string Problem::toString() const {
+  std::string s = object;
+  if (!field.empty()) s += " " + field;
+  return s + ": " + reason;
+}
+
+const char* resourceKindName(ResourceKind kind) {
+  return kind == ResourceKind::kService ? "Service" : "EndpointSlice";
+}
 
 const char* protocolName(Protocol p) {
   switch (p) {

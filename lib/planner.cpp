@@ -25,12 +25,6 @@ nft::TableRef ProxyConfig::table() const {
   return {family == IPFamily::kV4 ? nft::Family::kIPv4 : nft::Family::kIPv6, tableName};
 }
 
-std::string Problem::toString() const {
-  std::string s = object;
-  if (!field.empty()) s += " " + field;
-  return s + ": " + reason;
-}
-
 namespace {
 
 // The one-shot SHA256() looks the algorithm up in OpenSSL's provider store on every call,

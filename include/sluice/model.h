@@ -31,6 +31,15 @@ struct ObjectName {
   bool operator==(const ObjectName&) const = default;
 };
 
+// A piece of input sluice could not use, and why. Reported, never fatal for other objects.
+struct Problem {
+  std::string object;  // "Service default/web", "EndpointSlice default/web-abc"
+  std::string field;   // "spec.ports[1].port"
+  std::string reason;
+  std::string toString() const;
+  bool operator==(const Problem&) const = default;
+};
+
 enum class ServiceType : uint8_t { kClusterIP, kNodePort, kLoadBalancer, kExternalName };
 enum class TrafficPolicy : uint8_t { kCluster, kLocal };
 enum class SessionAffinity : uint8_t { kNone, kClientIP };

@@ -34,15 +34,6 @@ struct ProxyConfig {
   nft::TableRef table() const;
 };
 
-// A piece of input sluice could not use, and why. Reported, never fatal for other objects.
-struct Problem {
-  std::string object;  // "Service default/web", "EndpointSlice default/web-abc"
-  std::string field;   // "spec.ports[1].port"
-  std::string reason;
-  std::string toString() const;
-  bool operator==(const Problem&) const = default;
-};
-
 // One endpoint of a Service port, after joining slice ports to the Service port.
 struct ResolvedEndpoint {
   IPAddress ip;
