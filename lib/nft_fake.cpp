@@ -104,6 +104,7 @@ bool setReferenced(const FakeBackend::TableState& t, const std::string& set) {
     for (const auto& r : cs.rules)
       for (const auto& e : r.exprs)
         if (auto* l = std::get_if<Lookup>(&e); l && l->anonSet < 0 && l->set == set) return true;
+        else if (auto* d = std::get_if<Dynset>(&e); d && d->set == set) return true;
   return false;
 }
 
@@ -145,6 +146,12 @@ Status checkRule(const Rule& r, const FakeBackend::TableState& t, const Operatio
       } else if (l->dreg && !t.sets.at(l->set).set.isMap()) {
         return err(EINVAL, op, index, "map lookup on plain set " + l->set);
       }
+    }
+    if (auto* d = std::get_if<Dynset>(&e)) {
+      auto s = t.sets.find(d->set);
+      if (s == t.sets.end()) return err(ENOENT, op, index, "update of unknown set " + d->set);
+      // nft_dynset_init: the set must be updatable from the packet path.
+      if (!(s->second.set.flags & kSetEval)) return err(EOPNOTSUPP, op, index, "update of non-dynamic set " + d->set);
     }
   }
   return Status::ok();
@@ -392,6 +399,13 @@ std::string FakeBackend::dumpTable(Family family, const std::string& name) const
     }
     out += "\n";
     if (s.size) out += fmt::format("\t\tsize {}\n", s.size);
+    if (s.flags & kSetEval) out += (s.flags & kSetTimeout) ? "\t\tflags dynamic,timeout\n" : "\t\tflags dynamic\n";
+    if (s.timeoutMs) out += fmt::format("\t\ttimeout {}s\n", s.timeoutMs / 1000);
+    if (s.flags & (kSetTimeout | kSetEval))
+      out += fmt::format("\t\tflags {}\n", (s.flags & kSetEval) && (s.flags & kSetTimeout) ? "dynamic,timeout"
+                                            : (s.flags & kSetEval)                          ? "dynamic"
+                                                                                            : "timeout");
+    if (s.timeoutMs) out += fmt::format("\t\ttimeout {}s\n", s.timeoutMs / 1000);
     if (!s.comment.empty()) out += fmt::format("\t\tcomment \"{}\"\n", s.comment);
     for (const auto& [key, e] : ss.elements) {
       out += "\t\telement " + formatConcat(s.key, key);

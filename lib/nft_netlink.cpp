@@ -308,7 +308,18 @@ nftnl_expr* encodeExpr(const Expr& e, const std::vector<std::pair<std::string, u
           ne = nftnl_expr_alloc("reject");
           nftnl_expr_set_u32(ne, NFTNL_EXPR_REJECT_TYPE, x.type);
           nftnl_expr_set_u8(ne, NFTNL_EXPR_REJECT_CODE, x.code);
+        } else if constexpr (std::is_same_v<T, Dynset>) {
+          ne = nftnl_expr_alloc("dynset");
+          nftnl_expr_set_u32(ne, NFTNL_EXPR_DYNSET_SREG_KEY, x.sregKey);
+          nftnl_expr_set_u32(ne, NFTNL_EXPR_DYNSET_OP, NFT_DYNSET_OP_UPDATE);
+          nftnl_expr_set_str(ne, NFTNL_EXPR_DYNSET_SET_NAME, x.set.c_str());
+        } else if constexpr (std::is_same_v<T, Fib>) {
+          ne = nftnl_expr_alloc("fib");
+          nftnl_expr_set_u32(ne, NFTNL_EXPR_FIB_DREG, x.dreg);
+          nftnl_expr_set_u32(ne, NFTNL_EXPR_FIB_RESULT, x.result);
+          nftnl_expr_set_u32(ne, NFTNL_EXPR_FIB_FLAGS, x.flags);
         } else {
+          static_assert(std::is_same_v<T, Counter>);
           ne = nftnl_expr_alloc("counter");
         }
         return ne;
@@ -377,6 +388,7 @@ SetPtr encodeSet(const Set& s, const std::string& name, uint32_t setId) {
     nftnl_set_set_u32(ns.get(), NFTNL_SET_DATA_LEN, s.dataLen());
   }
   if (setId) nftnl_set_set_u32(ns.get(), NFTNL_SET_ID, setId);
+  if (s.timeoutMs) nftnl_set_set_u64(ns.get(), NFTNL_SET_TIMEOUT, s.timeoutMs);
   if (s.flags & kSetAnonymous)
     nftnl_set_set_u32(ns.get(), NFTNL_SET_DESC_SIZE, uint32_t(s.elements.size()));
   else if (s.size)

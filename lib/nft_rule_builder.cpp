@@ -79,10 +79,14 @@ RuleBuilder& RuleBuilder::daddrInSet(const std::string& set) {
   return *this;
 }
 
-RuleBuilder& RuleBuilder::saddrInPrefix(const IPPrefix& p, bool negate) {
-  const uint32_t saddr = rule_.table.family == Family::kIPv6 ? 8 : 12;
+RuleBuilder& RuleBuilder::saddrInPrefix(const IPPrefix& p, bool negate) { return addrInPrefix(true, p, negate); }
+RuleBuilder& RuleBuilder::daddrInPrefix(const IPPrefix& p, bool negate) { return addrInPrefix(false, p, negate); }
+
+RuleBuilder& RuleBuilder::addrInPrefix(bool source, const IPPrefix& p, bool negate) {
+  const bool v6 = rule_.table.family == Family::kIPv6;
+  const uint32_t offset = source ? (v6 ? 8 : 12) : (v6 ? 24 : 16);
   const uint32_t len = addrLen();
-  rule_.exprs.push_back(Payload{PayloadBase::kNetwork, saddr, len, kReg1});
+  rule_.exprs.push_back(Payload{PayloadBase::kNetwork, offset, len, kReg1});
   if (p.bits() < int(len * 8)) {
     Bytes mask(len, 0);
     for (uint32_t i = 0; i < len; ++i) {
@@ -94,7 +98,55 @@ RuleBuilder& RuleBuilder::saddrInPrefix(const IPPrefix& p, bool negate) {
   Bytes net(p.address().bytes(), p.address().bytes() + len);
   rule_.exprs.push_back(Cmp{kReg1, negate ? CmpOp::kNeq : CmpOp::kEq, net});
   std::string shown = p.bits() == int(len * 8) ? p.address().toString() : p.toString();
-  append(fmt::format("{} saddr {}{}", ipKeyword(), negate ? "!= " : "", shown));
+  append(fmt::format("{} {} {}{}", ipKeyword(), source ? "saddr" : "daddr", negate ? "!= " : "", shown));
+  return *this;
+}
+
+RuleBuilder& RuleBuilder::saddrInSet(const std::string& set) {
+  rule_.exprs.push_back(Payload{PayloadBase::kNetwork, rule_.table.family == Family::kIPv6 ? 8u : 12u, addrLen(), kReg1});
+  rule_.exprs.push_back(Lookup{kReg1, set});
+  append(fmt::format("{} saddr @{}", ipKeyword(), set));
+  return *this;
+}
+
+// The address type is a host-order u32 (RTN_LOCAL = 2), compared as nft does.
+RuleBuilder& RuleBuilder::fibSaddrLocal() {
+  rule_.exprs.push_back(Fib{kReg1, kFibResultAddrType, kFibFlagSaddr});
+  rule_.exprs.push_back(Cmp{kReg1, CmpOp::kEq, u32Host(kRtnLocal)});
+  append("fib saddr type local");
+  return *this;
+}
+
+RuleBuilder& RuleBuilder::numgenEq(uint32_t mod, uint32_t value) {
+  rule_.exprs.push_back(Numgen{kReg1, mod});
+  rule_.exprs.push_back(Cmp{kReg1, CmpOp::kEq, u32Host(value)});
+  append(fmt::format("numgen random mod {} {}", mod, value));
+  return *this;
+}
+
+RuleBuilder& RuleBuilder::protoPortVmap(const std::string& map) {
+  rule_.exprs.push_back(Meta{MetaKey::kL4proto, kReg1});
+  rule_.exprs.push_back(Payload{PayloadBase::kTransport, kThDportOffset, 2, kReg32_00 + 1});
+  rule_.exprs.push_back(Lookup{kReg1, map, -1, kRegVerdict});
+  append(fmt::format("meta l4proto . th dport vmap @{}", map));
+  return *this;
+}
+
+RuleBuilder& RuleBuilder::updateSaddr(const std::string& set) {
+  rule_.exprs.push_back(Payload{PayloadBase::kNetwork, rule_.table.family == Family::kIPv6 ? 8u : 12u, addrLen(), kReg1});
+  rule_.exprs.push_back(Dynset{kReg1, set});
+  append(fmt::format("update @{} {{ {} saddr }}", set, ipKeyword()));
+  return *this;
+}
+
+// Registers as nft uses them for a constant address:port: address in NFT_REG_1, port in NFT_REG_2.
+RuleBuilder& RuleBuilder::dnatTo(const IPAddress& ip, uint16_t port) {
+  constexpr uint32_t kReg2 = 2;
+  rule_.exprs.push_back(Immediate{kReg1, Bytes(ip.bytes(), ip.bytes() + ip.size()), {}});
+  rule_.exprs.push_back(Immediate{kReg2, Bytes{uint8_t(port >> 8), uint8_t(port & 0xff)}, {}});
+  rule_.exprs.push_back(Nat{NatType::kDnat, rule_.table.family, kReg1, kReg2, 0});
+  append(ip.isV4() ? fmt::format("dnat to {}:{}", ip.toString(), port)
+                   : fmt::format("dnat to [{}]:{}", ip.toString(), port));
   return *this;
 }
 

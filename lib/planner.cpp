@@ -25,6 +25,27 @@ nft::TableRef ProxyConfig::table() const {
   return {family == IPFamily::kV4 ? nft::Family::kIPv4 : nft::Family::kIPv6, tableName};
 }
 
+std::vector<IPAddress> ProxyConfig::nodePortIPs() const {
+  std::vector<IPAddress> out;
+  const bool anyCIDR = !nodePortAddresses.empty();
+  std::vector<IPPrefix> cidrs;
+  for (const auto& c : nodePortAddresses)
+    if (c.family() == family) cidrs.push_back(c);
+  for (const auto& ip : nodeIPs) {
+    if (ip.family() != family || ip.isLoopback() || ip.isUnspecified()) continue;
+    if (!anyCIDR) {  // default: the primary IP of the family only
+      out.push_back(ip);
+      break;
+    }
+    // As kube-proxy's NodePortAddresses: no CIDR of this family means every address of it.
+    if (cidrs.empty() || std::any_of(cidrs.begin(), cidrs.end(), [&](const IPPrefix& c) { return c.contains(ip); }))
+      out.push_back(ip);
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
 namespace {
 
 // The one-shot SHA256() looks the algorithm up in OpenSSL's provider store on every call,
@@ -38,25 +59,47 @@ const EVP_MD* sha256() {
 
 namespace names {
 
-std::string serviceChain(const ObjectName& svc, Protocol proto, const std::string& portName) {
-  std::string key;
-  key.reserve(svc.ns.size() + svc.name.size() + portName.size() + 8);
-  key.append(svc.ns).append("/").append(svc.name).append("/");
-  key.append(protocolNftName(proto)).append("/").append(portName);
+namespace {
+
+// First 8 characters of base32(sha256(text)): 40 bits, enough to keep names unique even when a
+// very long key is truncated.
+std::string hash8(std::string_view text) {
   unsigned char digest[EVP_MAX_MD_SIZE];
-  EVP_Digest(key.data(), key.size(), digest, nullptr, sha256(), nullptr);
-  // First 8 characters of base32(sha256(key)): 40 bits, enough to keep names unique even when
-  // a very long key is truncated below.
+  EVP_Digest(text.data(), text.size(), digest, nullptr, sha256(), nullptr);
   static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
   uint64_t bits = 0;
   for (int i = 0; i < 5; ++i) bits = (bits << 8) | digest[i];
   std::string hash(8, '?');
   for (int i = 7; i >= 0; --i, bits >>= 5) hash[size_t(i)] = kAlphabet[bits & 31];
+  return hash;
+}
+
+std::string hashedName(std::string_view prefix, std::string_view hashed, std::string_view shown) {
   std::string name;
-  name.reserve(hash.size() + key.size() + 5);
-  name.append("svc-").append(hash).append("-").append(key);
+  name.reserve(prefix.size() + shown.size() + 9);
+  name.append(prefix).append(hash8(hashed)).append("-").append(shown);
   if (name.size() > 255) name.resize(255);  // NFT_NAME_MAXLEN includes the NUL
   return name;
+}
+
+}  // namespace
+
+std::string serviceChain(const ObjectName& svc, Protocol proto, const std::string& portName, std::string_view prefix) {
+  std::string key;
+  key.reserve(svc.ns.size() + svc.name.size() + portName.size() + 8);
+  key.append(svc.ns).append("/").append(svc.name).append("/");
+  key.append(protocolNftName(proto)).append("/").append(portName);
+  return hashedName(prefix, key, key);
+}
+
+std::string firewallChain(const ObjectName& svc) {
+  const std::string key = svc.toString();
+  return hashedName("fw-", key, key);
+}
+
+std::string affinitySet(const std::string& chain, const IPAddress& ip, uint16_t port, uint32_t timeoutSeconds) {
+  const std::string ep = fmt::format("{}/{}", ip.toString(), port);
+  return hashedName("affinity-", fmt::format("{}__{}__{}", chain, ep, timeoutSeconds), ep);
 }
 
 std::string endpointsMap(uint32_t shard) { return "endpoints-" + std::to_string(shard); }
@@ -67,6 +110,9 @@ const char* sharedSet(SharedSet s) {
     case SharedSet::kServiceIPs: return kServiceIPs;
     case SharedSet::kNoEndpointServices: return kNoEndpointServices;
     case SharedSet::kHairpin: return kHairpin;
+    case SharedSet::kNodePorts: return kServiceNodePorts;
+    case SharedSet::kNoEndpointNodePorts: return kNoEndpointNodePorts;
+    case SharedSet::kFirewallIPs: return kFirewallIPs;
   }
   return "?";
 }
@@ -112,7 +158,13 @@ std::vector<ResolvedEndpoint> resolveEndpoints(const Service& svc, const Service
                                                const std::map<ObjectName, EndpointSlice>& slices,
                                                const ProxyConfig& cfg, std::vector<Problem>* problems) {
   std::vector<ResolvedEndpoint> out;
-  (void)svc;
+  // §6: PreferClose / PreferSameZone use zone hints, PreferSameNode node hints.
+  const std::string& td = svc.trafficDistribution;
+  const bool zoneHints = td == "PreferClose" || td == "PreferSameZone";
+  const bool nodeHints = td == "PreferSameNode";
+  auto names = [](const std::vector<std::string>& v, const std::string& x) {
+    return !x.empty() && std::find(v.begin(), v.end(), x) != v.end();
+  };
   size_t listed = 0;
   for (const auto& [sid, slice] : slices) listed += slice.endpoints.size();
   out.reserve(listed);
@@ -147,6 +199,13 @@ std::vector<ResolvedEndpoint> resolveEndpoints(const Service& svc, const Service
       r.terminating = e.terminating;
       r.local = !cfg.nodeName.empty() && e.nodeName == cfg.nodeName;
       r.nodeUnknown = e.nodeName.empty();
+      if (zoneHints) {
+        r.hinted = !e.hintZones.empty();
+        r.hintedHere = names(e.hintZones, cfg.zone);
+      } else if (nodeHints) {
+        r.hinted = !e.hintNodes.empty();
+        r.hintedHere = names(e.hintNodes, cfg.nodeName);
+      }
       r.weight = e.weight;
       out.push_back(r);
     }
@@ -158,12 +217,20 @@ std::vector<ResolvedEndpoint> resolveEndpoints(const Service& svc, const Service
 EndpointSets categorizeEndpoints(const std::vector<ResolvedEndpoint>& endpoints) {
   EndpointSets s;
   s.cluster.reserve(endpoints.size());
+  bool allHinted = true, anyHere = false;
   for (const auto& e : endpoints) {
     if (e.weight == 0) continue;
     if (e.ready) s.cluster.push_back(e);
     if (e.ready && e.local) s.local.push_back(e);
     if (e.ready || (e.serving && e.terminating)) s.hasEndpoints = true;
+    if (e.ready) {
+      allHinted = allHinted && e.hinted;
+      anyHere = anyHere || e.hintedHere;
+    }
   }
+  // Topology: only when every ready endpoint carries hints and some are for this node; a
+  // filter that would leave nothing is not applied.
+  if (allHinted && anyHere) std::erase_if(s.cluster, [](const ResolvedEndpoint& e) { return !e.hintedHere; });
   // Independent fallbacks to serving-and-terminating endpoints (KEP-1669).
   if (s.cluster.empty())
     for (const auto& e : endpoints)
@@ -186,6 +253,8 @@ Bytes servicePortKey(const IPAddress& ip, Protocol proto, uint16_t port) {
   return kb.proto(uint8_t(proto)).port(port).take();
 }
 
+Bytes nodePortKey(Protocol proto, uint16_t port) { return KeyBuilder().proto(uint8_t(proto)).port(port).take(); }
+
 Bytes pairKey(const IPAddress& a, const IPAddress& b) {
   KeyBuilder kb;
   if (a.isV4()) kb.ipv4(a.bytes()).ipv4(b.bytes()); else kb.ipv6(a.bytes()).ipv6(b.bytes());
@@ -199,12 +268,42 @@ DataType addrType(const ProxyConfig& cfg) {
 // Upper bound on numgen slots of one Service port when weights repeat endpoints.
 constexpr uint64_t kMaxSlots = 65536;
 
+// As nft gives a dynamic set without a declared size: the kernel treats the size as a hard
+// limit, so at most this many clients per endpoint are remembered; newer ones are still
+// balanced, just not sticky.
+constexpr uint32_t kAffinitySetSize = 65535;
+
+const Verdict kRejectVerdict{VerdictCode::kGoto, names::kRejectChain};
+const Verdict kDropVerdict{VerdictCode::kDrop, {}};
+
+// A DNAT chain sending to `chosen` (weights repeat slots). Local endpoints (and those whose node
+// is unknown) go into `hairpin`: only a pod on this node can be load-balanced to itself here.
+FragmentChain dnatChain(std::string name, int port, Protocol proto, const std::vector<ResolvedEndpoint>& chosen,
+                        uint32_t affinitySeconds, std::set<IPAddress>& hairpin) {
+  FragmentChain fc;
+  fc.name = std::move(name);
+  fc.port = port;
+  fc.protocol = proto;
+  fc.affinitySeconds = affinitySeconds;
+  uint64_t total = 0;
+  for (const auto& e : chosen) total += e.weight;
+  fc.slots.reserve(std::min(total, kMaxSlots));
+  for (const auto& e : chosen) {
+    // Weights repeat an endpoint's slot; scaled down if the sum would be unreasonable.
+    uint64_t n = total > kMaxSlots ? std::max<uint64_t>(1, e.weight * kMaxSlots / total) : e.weight;
+    for (uint64_t k = 0; k < n; ++k) fc.slots.emplace_back(e.ip, e.port);
+    if (e.local || e.nodeUnknown) hairpin.insert(e.ip);
+  }
+  return fc;
+}
+
 }  // namespace
 
 ServiceFragment planService(const Service& svc, const std::map<ObjectName, EndpointSlice>& slices,
                             const ProxyConfig& cfg) {
   ServiceFragment f;
   if (!skipReason(svc, cfg).empty()) return f;
+  const nft::TableRef table = cfg.table();
   auto object = [&] { return "Service " + svc.id.toString(); };
   IPAddress clusterIP;
   for (const auto& ip : svc.clusterIPs)
@@ -212,8 +311,47 @@ ServiceFragment planService(const Service& svc, const std::map<ObjectName, Endpo
       clusterIP = ip;
       break;
     }
-  f.elements.reserve(1 + svc.ports.size());  // the ClusterIP, a map entry per port; rarely hairpins
+  f.elements.reserve(1 + svc.ports.size());  // the ClusterIP, a map entry per port; rarely more
   f.elements.push_back({SharedSet::kClusterIPs, Element{addrKey(clusterIP), {}, {}, {}}, -1});
+
+  // External destinations of this family (service-semantics §3): external IPs, and load-balancer
+  // ingress IPs unless their ipMode is Proxy (the load balancer proxies; the node must not
+  // intercept the IP).
+  std::vector<IPAddress> externalIPs, lbIPs;
+  for (const auto& ip : svc.externalIPs)
+    if (ip.family() == cfg.family) externalIPs.push_back(ip);
+  for (const auto& ing : svc.loadBalancerIngress)
+    if (ing.ip.family() == cfg.family && !ing.proxyMode) lbIPs.push_back(ing.ip);
+  // loadBalancerSourceRanges of this family; a prefix of impossible length is reported.
+  std::vector<IPPrefix> sourceRanges;
+  const int maxBits = cfg.family == IPFamily::kV4 ? 32 : 128;
+  for (size_t i = 0; i < svc.loadBalancerSourceRanges.size(); ++i) {
+    const IPPrefix& r = svc.loadBalancerSourceRanges[i];
+    if (r.family() != cfg.family) continue;
+    if (r.bits() < 0 || r.bits() > maxBits) {
+      f.problems.push_back({object(), fmt::format("spec.loadBalancerSourceRanges[{}]", i),
+                            fmt::format("prefix length {} out of range", r.bits())});
+      continue;
+    }
+    sourceRanges.push_back(r);
+  }
+  std::string firewall;
+  if (!lbIPs.empty() && !sourceRanges.empty()) {
+    // One chain per Service: allowed sources return, everything else is dropped before DNAT.
+    FragmentChain fw;
+    fw.name = names::firewallChain(svc.id);
+    for (const auto& r : sourceRanges)
+      fw.fixedRules.push_back(RuleBuilder(table, fw.name).saddrInPrefix(r, false).verdict(VerdictCode::kReturn).build());
+    fw.fixedRules.push_back(RuleBuilder(table, fw.name).verdict(VerdictCode::kDrop).build());
+    firewall = fw.name;
+    f.chains.push_back(std::move(fw));
+  }
+  const uint32_t affinity = svc.sessionAffinity == SessionAffinity::kClientIP
+                                ? (svc.affinityTimeoutSeconds ? svc.affinityTimeoutSeconds : 10800)
+                                : 0;
+  const bool eTPLocal = svc.externalTrafficPolicy == TrafficPolicy::kLocal;
+  const bool iTPLocal = svc.internalTrafficPolicy == TrafficPolicy::kLocal;
+  const uint32_t mark = cfg.masqueradeMark();
 
   std::set<IPAddress> hairpin;
   for (size_t i = 0; i < svc.ports.size(); ++i) {
@@ -231,33 +369,80 @@ ServiceFragment planService(const Service& svc, const std::map<ObjectName, Endpo
     }
     auto endpoints = resolveEndpoints(svc, sp, slices, cfg, &f.problems);
     auto sets = categorizeEndpoints(endpoints);
-    const auto& chosen = svc.internalTrafficPolicy == TrafficPolicy::kLocal ? sets.local : sets.cluster;
+    const bool external = !externalIPs.empty() || !lbIPs.empty() || sp.nodePort != 0;
+    auto element = [&](SharedSet set, Bytes key, const Verdict& v) {
+      f.elements.push_back({set, Element{std::move(key), {}, v, {}}, pi});
+    };
+    // Without endpoint-less entries, a comment names the Service port (shown by nft list).
+    auto noEndpoints = [&](SharedSet set, Bytes key, const Verdict& v) {
+      f.elements.push_back({set, Element{std::move(key), {}, v, fmt::format("{}:{}", svc.id.toString(), sp.name)}, pi});
+    };
+
+    // DNAT chains: cluster endpoints when something uses them, local endpoints likewise.
+    std::string clusterChain, localChain;
+    if (!sets.cluster.empty() && (!iTPLocal || external)) {
+      clusterChain = names::serviceChain(svc.id, sp.protocol, sp.name);
+      f.chains.push_back(dnatChain(clusterChain, pi, sp.protocol, sets.cluster, affinity, hairpin));
+    }
+    if (!sets.local.empty() && (iTPLocal || (external && eTPLocal))) {
+      localChain = names::serviceChain(svc.id, sp.protocol, sp.name, "local-");
+      f.chains.push_back(dnatChain(localChain, pi, sp.protocol, sets.local, affinity, hairpin));
+    }
+
+    // ClusterIP:port. No endpoint anywhere: reject so clients fail fast; endpoints elsewhere
+    // but none local under internalTrafficPolicy Local: drop (service-semantics §3).
     Bytes key = servicePortKey(clusterIP, sp.protocol, sp.port);
-    if (chosen.empty()) {
-      // No endpoint anywhere: reject so clients fail fast; endpoints elsewhere but none local
-      // under internalTrafficPolicy Local: drop (service-semantics §3).
-      Verdict v = sets.hasEndpoints ? Verdict{VerdictCode::kDrop, {}} : Verdict{VerdictCode::kGoto, names::kRejectChain};
-      f.elements.push_back({SharedSet::kNoEndpointServices,
-                            Element{key, {}, v, fmt::format("{}:{}", svc.id.toString(), sp.name)}, pi});
+    const std::string& internalChain = iTPLocal ? localChain : clusterChain;
+    if (!internalChain.empty())
+      element(SharedSet::kServiceIPs, key, Verdict{VerdictCode::kGoto, internalChain});
+    else
+      noEndpoints(SharedSet::kNoEndpointServices, key, sets.hasEndpoints && iTPLocal ? kDropVerdict : kRejectVerdict);
+    if (!external) continue;
+
+    // External IPs, LB IPs and the NodePort share one dispatch chain (kube-proxy's external
+    // chain). It runs in nat prerouting/output, before DNAT.
+    std::vector<Bytes> keys;
+    for (const auto& ip : externalIPs) keys.push_back(servicePortKey(ip, sp.protocol, sp.port));
+    for (const auto& ip : lbIPs) keys.push_back(servicePortKey(ip, sp.protocol, sp.port));
+    if (clusterChain.empty()) {  // nothing anywhere: every external destination rejects
+      for (auto& k : keys) noEndpoints(SharedSet::kNoEndpointServices, std::move(k), kRejectVerdict);
+      if (sp.nodePort) noEndpoints(SharedSet::kNoEndpointNodePorts, nodePortKey(sp.protocol, sp.nodePort), kRejectVerdict);
       continue;
     }
-    FragmentChain fc;
-    fc.name = names::serviceChain(svc.id, sp.protocol, sp.name);
-    fc.port = pi;
-    fc.protocol = sp.protocol;
-    uint64_t total = 0;
-    for (const auto& e : chosen) total += e.weight;
-    fc.slots.reserve(std::min(total, kMaxSlots));
-    for (const auto& e : chosen) {
-      // Weights repeat an endpoint's slot; scaled down if the sum would be unreasonable.
-      uint64_t n = total > kMaxSlots ? std::max<uint64_t>(1, e.weight * kMaxSlots / total) : e.weight;
-      for (uint64_t k = 0; k < n; ++k) fc.slots.emplace_back(e.ip, e.port);
-      // Only a pod on this node can be load-balanced to itself through this node, so only
-      // local endpoints (and those whose node is unknown) need hairpin detection.
-      if (e.local || e.nodeUnknown) hairpin.insert(e.ip);
+    FragmentChain ext;
+    ext.name = names::serviceChain(svc.id, sp.protocol, sp.name, "ext-");
+    ext.port = pi;
+    ext.protocol = sp.protocol;
+    auto rule = [&] { return RuleBuilder(table, ext.name); };
+    if (!eTPLocal) {
+      // eTP Cluster: the endpoint may be on another node, so the reply must come back here.
+      ext.fixedRules.push_back(rule().markSetOr(mark).goTo(clusterChain).build());
+    } else {
+      // eTP Local keeps the client's address, except for traffic that starts inside the cluster:
+      // pods short-circuit to the cluster set (as they would for the ClusterIP), the node
+      // itself too but masqueraded (its source address may not be routable from the endpoint).
+      for (const auto& cidr : cfg.clusterCIDRs)
+        if (cidr.family() == cfg.family)
+          ext.fixedRules.push_back(rule().saddrInPrefix(cidr, false).goTo(clusterChain).build());
+      ext.fixedRules.push_back(rule().fibSaddrLocal().markSetOr(mark).goTo(clusterChain).build());
+      if (!localChain.empty()) ext.fixedRules.push_back(rule().goTo(localChain).build());
     }
-    f.elements.push_back({SharedSet::kServiceIPs, Element{key, {}, Verdict{VerdictCode::kGoto, fc.name}, {}}, pi});
-    f.chains.push_back(std::move(fc));
+    const Verdict toExt{VerdictCode::kGoto, ext.name};
+    // eTP Local without a local endpoint: what is not short-circuited falls through the chain
+    // undNATed and is dropped by the filter check.
+    const bool dropRest = eTPLocal && localChain.empty();
+    for (const auto& k : keys) {
+      element(SharedSet::kServiceIPs, k, toExt);
+      if (dropRest) noEndpoints(SharedSet::kNoEndpointServices, k, kDropVerdict);
+    }
+    if (sp.nodePort) {
+      element(SharedSet::kNodePorts, nodePortKey(sp.protocol, sp.nodePort), toExt);
+      if (dropRest) noEndpoints(SharedSet::kNoEndpointNodePorts, nodePortKey(sp.protocol, sp.nodePort), kDropVerdict);
+    }
+    if (!firewall.empty())
+      for (const auto& ip : lbIPs)
+        element(SharedSet::kFirewallIPs, servicePortKey(ip, sp.protocol, sp.port), Verdict{VerdictCode::kGoto, firewall});
+    f.chains.push_back(std::move(ext));
   }
   for (const auto& ip : hairpin) f.elements.push_back({SharedSet::kHairpin, Element{pairKey(ip, ip), {}, {}, {}}, -1});
   return f;
@@ -269,15 +454,24 @@ BaseRuleset planBase(const ProxyConfig& cfg) {
   b.table = {t, "sluice service proxy"};
   const DataType addr = addrType(cfg);
   const std::vector<DataType> svcKey = {addr, DataType::kInetProto, DataType::kInetService};
+  const std::vector<DataType> portKey = {DataType::kInetProto, DataType::kInetService};
+  const std::vector<DataType> verdict = {DataType::kVerdict};
   b.sets.push_back({t, names::kClusterIPs, {addr}, {}, 0, "Active ClusterIPs", {}});
-  b.sets.push_back({t, names::kServiceIPs, svcKey, {DataType::kVerdict}, 0, "ClusterIP dispatch", {}});
-  b.sets.push_back({t, names::kNoEndpointServices, svcKey, {DataType::kVerdict}, 0, "Service ports without endpoints", {}});
+  b.sets.push_back({t, names::kServiceIPs, svcKey, verdict, 0, "ClusterIP, external and LB IP dispatch", {}});
+  b.sets.push_back({t, names::kNoEndpointServices, svcKey, verdict, 0, "Service ports without endpoints", {}});
   b.sets.push_back({t, names::kHairpin, {addr, addr}, {}, 0, "Local endpoints that may reach themselves", {}});
-
+  b.sets.push_back({t, names::kNodePortIPs, {addr}, {}, 0, "Node addresses serving NodePorts", {}});
+  b.sets.push_back({t, names::kServiceNodePorts, portKey, verdict, 0, "NodePort dispatch", {}});
+  b.sets.push_back({t, names::kNoEndpointNodePorts, portKey, verdict, 0, "NodePorts without endpoints", {}});
+  b.sets.push_back({t, names::kFirewallIPs, svcKey, verdict, 0, "LB IPs with source ranges", {}});
+  nft::Elements nodePortIPs{t, names::kNodePortIPs, {}};
+  for (const auto& ip : cfg.nodePortIPs()) nodePortIPs.elements.push_back(Element{addrKey(ip), {}, {}, {}});
+  if (!nodePortIPs.elements.empty()) b.elements.push_back(std::move(nodePortIPs));
 
   auto base = [&](const char* name, const char* type, nft::Hook hook, int prio) {
     b.chains.push_back({t, name, nft::BaseHook{type, hook, prio}});
   };
+  base(names::kFirewallBaseChain, "filter", nft::Hook::kPrerouting, -110);
   base("nat-prerouting", "nat", nft::Hook::kPrerouting, -100);
   base("nat-output", "nat", nft::Hook::kOutput, -100);
   base("filter-input", "filter", nft::Hook::kInput, 0);
@@ -289,6 +483,9 @@ BaseRuleset planBase(const ProxyConfig& cfg) {
     b.chains.push_back({t, name, std::nullopt});
 
   auto rule = [&](const char* chain) { return RuleBuilder(t, chain); };
+  // Source ranges are checked for packets arriving from elsewhere only (prerouting): the node's
+  // own connections to its LB IPs are not filtered (service-semantics §8.3, N→LB works).
+  b.rules.push_back(rule(names::kFirewallBaseChain).ctStateNew().daddrProtoPortVmap(names::kFirewallIPs).build());
   b.rules.push_back(rule("nat-prerouting").jump(names::kServicesChain).build());
   b.rules.push_back(rule("nat-output").jump(names::kServicesChain).build());
   b.rules.push_back(rule("filter-input").ctStateNew().jump(names::kEndpointsCheckChain).build());
@@ -312,10 +509,18 @@ BaseRuleset planBase(const ProxyConfig& cfg) {
     }
   }
   b.rules.push_back(rule(names::kServicesChain).daddrProtoPortVmap(names::kServiceIPs).build());
+  b.rules.push_back(
+      rule(names::kServicesChain).daddrInSet(names::kNodePortIPs).protoPortVmap(names::kServiceNodePorts).build());
   b.rules.push_back(rule(names::kEndpointsCheckChain).daddrProtoPortVmap(names::kNoEndpointServices).build());
+  b.rules.push_back(
+      rule(names::kEndpointsCheckChain).daddrInSet(names::kNodePortIPs).protoPortVmap(names::kNoEndpointNodePorts).build());
   // Only packets that were not DNATed still have a ClusterIP as destination at filter priority:
-  // a port or protocol the Service does not have.
+  // a port or protocol the Service does not have. Other addresses of the service CIDR belong
+  // to no Service: dropped, as kube-proxy does, rather than sent along the default route.
   b.rules.push_back(rule(names::kClusterIPsCheckChain).daddrInSet(names::kClusterIPs).reject().build());
+  for (const auto& cidr : cfg.serviceCIDRs)
+    if (cidr.family() == cfg.family)
+      b.rules.push_back(rule(names::kClusterIPsCheckChain).daddrInPrefix(cidr, false).verdict(VerdictCode::kDrop).build());
   b.rules.push_back(rule(names::kRejectChain).reject().build());
   // Hairpin first — it must not be skipped by the unmarked-return below: a DNATed flow whose
   // source is its own new destination (a pod load-balanced to itself) must be masqueraded or
@@ -358,16 +563,28 @@ size_t Planner::ElementKeyHash::operator()(const ElementKey& k) const {
 
 namespace {
 
-constexpr size_t kSharedSets = size_t(SharedSet::kHairpin) + 1;
+constexpr size_t kSharedSets = size_t(SharedSet::kFirewallIPs) + 1;
 
-bool isMap(SharedSet set) { return set == SharedSet::kServiceIPs || set == SharedSet::kNoEndpointServices; }
+// Maps whose keys are a destination a Service claims (conflicts are decided on them). The
+// firewall map follows service-ips: its keys are claimed there.
+bool isMap(SharedSet set) {
+  return set == SharedSet::kServiceIPs || set == SharedSet::kNoEndpointServices || set == SharedSet::kNodePorts ||
+         set == SharedSet::kNoEndpointNodePorts;
+}
 
-// The same ip:port/proto may appear in service-ips and no-endpoint-services; both count.
+// The same destination may appear in the dispatch map and its no-endpoint map; both count.
 SharedSet otherMap(SharedSet set) {
-  return set == SharedSet::kServiceIPs ? SharedSet::kNoEndpointServices : SharedSet::kServiceIPs;
+  switch (set) {
+    case SharedSet::kServiceIPs: return SharedSet::kNoEndpointServices;
+    case SharedSet::kNoEndpointServices: return SharedSet::kServiceIPs;
+    case SharedSet::kNodePorts: return SharedSet::kNoEndpointNodePorts;
+    default: return SharedSet::kNodePorts;
+  }
 }
 
 std::string describeKey(const Bytes& key) {
+  // proto . port (nodePortKey)
+  if (key.size() == 8) return fmt::format("NodePort {}/{}", (key[4] << 8) | key[5], protocolName(Protocol(key[0])));
   // address . proto . port, as laid out by servicePortKey
   if (key.size() == 12)
     return fmt::format("{}:{}/{}", IPAddress::fromV4Bytes(key.data()).toString(), (key[8] << 8) | key[9],
@@ -424,11 +641,63 @@ using ElementsBySet = std::map<std::string, std::vector<Element>>;
 
 }  // namespace
 
-nft::Rule FragmentChain::rule(const nft::TableRef& table) const {
-  return RuleBuilder(table, name)
-      .l4proto(protocol)
-      .dnatNumgenMap(uint32_t(slots.size()), slotBase, names::endpointsMap(shard))
-      .build();
+namespace {
+
+// Distinct endpoints of an affinity chain, in slot order (weights do not apply to sticky
+// choices: each endpoint gets one uniform share).
+std::vector<std::pair<IPAddress, uint16_t>> distinctEndpoints(const FragmentChain& fc) {
+  std::vector<std::pair<IPAddress, uint16_t>> out;
+  for (const auto& s : fc.slots)
+    if (std::find(out.begin(), out.end(), s) == out.end()) out.push_back(s);
+  return out;
+}
+
+}  // namespace
+
+std::vector<nft::Rule> FragmentChain::rules(const nft::TableRef& table) const {
+  if (!fixedRules.empty()) return fixedRules;
+  std::vector<nft::Rule> out;
+  if (affinitySeconds == 0) {
+    out.push_back(RuleBuilder(table, name)
+                      .l4proto(protocol)
+                      .dnatNumgenMap(uint32_t(slots.size()), slotBase, names::endpointsMap(shard))
+                      .build());
+    return out;
+  }
+  // kube-proxy's nftables mode keeps one dynamic set of client addresses per endpoint; a client
+  // found in one goes back to that endpoint (and refreshes its timeout). A new client is sent
+  // by the "probability 1/(n-i)" ladder, which is uniform, and recorded.
+  const auto eps = distinctEndpoints(*this);
+  const uint32_t n = uint32_t(eps.size());
+  out.reserve(2 * n);
+  for (const auto& [ip, port] : eps) {
+    const std::string set = names::affinitySet(name, ip, port, affinitySeconds);
+    out.push_back(
+        RuleBuilder(table, name).l4proto(protocol).saddrInSet(set).updateSaddr(set).dnatTo(ip, port).build());
+  }
+  for (uint32_t i = 0; i < n; ++i) {
+    const auto& [ip, port] = eps[i];
+    const std::string set = names::affinitySet(name, ip, port, affinitySeconds);
+    RuleBuilder rb(table, name);
+    rb.l4proto(protocol);
+    if (i + 1 < n) rb.numgenEq(n - i, 0);
+    out.push_back(rb.updateSaddr(set).dnatTo(ip, port).build());
+  }
+  return out;
+}
+
+std::vector<nft::Set> FragmentChain::sets(const nft::TableRef& table) const {
+  std::vector<nft::Set> out;
+  if (affinitySeconds == 0 || !fixedRules.empty()) return out;
+  const DataType addr = table.family == nft::Family::kIPv6 ? DataType::kIPv6Addr : DataType::kIPv4Addr;
+  for (const auto& [ip, port] : distinctEndpoints(*this)) {
+    nft::Set s{table, names::affinitySet(name, ip, port, affinitySeconds), {addr}, {}, nft::kSetTimeout | nft::kSetEval,
+               "ClientIP affinity", {}};
+    s.size = kAffinitySetSize;
+    s.timeoutMs = uint64_t(affinitySeconds) * 1000;
+    out.push_back(std::move(s));
+  }
+  return out;
 }
 
 void Planner::place(const ObjectName& id, ServiceFragment& f, Plan& plan) const {
@@ -438,10 +707,11 @@ void Planner::place(const ObjectName& id, ServiceFragment& f, Plan& plan) const 
     if (it != fragments_.end()) old = &it->second;
   }
   for (auto& fc : f.chains) {
+    if (!fc.usesSlotMap()) continue;
     const FragmentChain* prev = nullptr;
     if (old)
       for (const auto& c : old->chains)
-        if (c.name == fc.name) prev = &c;
+        if (c.name == fc.name && c.usesSlotMap()) prev = &c;
     const uint32_t n = uint32_t(fc.slots.size());
     if (prev && n <= prev->slotCapacity) {
       fc.slotBase = prev->slotBase;
@@ -533,6 +803,7 @@ Planner::Plan Planner::planFull(const Snapshot& snapshot) {
   tx.add(base.table);
   for (auto& s : base.sets) tx.add(std::move(s));
   for (auto& c : base.chains) tx.add(std::move(c));
+  for (auto& e : base.elements) tx.add(std::move(e));
 
   // After a count (to size the element lists), one pass over the fragments adds the Service
   // chains and collects their rules, the shared elements (one per key, whoever contributes it)
@@ -542,7 +813,8 @@ Planner::Plan Planner::planFull(const Snapshot& snapshot) {
   size_t elementCount = 0;
   for (const auto& [id, f] : plan.fragments) {
     elementCount += f.elements.size();
-    for (const auto& fc : f.chains) slotCounts[fc.shard] += fc.slots.size();
+    for (const auto& fc : f.chains)
+      if (fc.usesSlotMap()) slotCounts[fc.shard] += fc.slots.size();
   }
   std::vector<std::vector<Element>> slots(plan.endpointShards);
   for (uint32_t k = 0; k < plan.endpointShards; ++k) slots[k].reserve(slotCounts[k]);
@@ -551,9 +823,11 @@ Planner::Plan Planner::planFull(const Snapshot& snapshot) {
   nft::Transaction rules;
   for (const auto& [id, f] : plan.fragments) {
     for (const auto& fc : f.chains) {
+      for (auto& set : fc.sets(table)) tx.add(std::move(set));
       tx.add(fc.chain(table));
-      rules.add(fc.rule(table));
-      for (uint32_t i = 0; i < fc.slots.size(); ++i) addSlotElement(fc, i, slots[fc.shard]);
+      for (auto& r : fc.rules(table)) rules.add(std::move(r));
+      if (fc.usesSlotMap())
+        for (uint32_t i = 0; i < fc.slots.size(); ++i) addSlotElement(fc, i, slots[fc.shard]);
     }
     for (const auto& e : f.elements) {
       auto [it, added] = plan.elements.try_emplace(ElementKey{e.set, e.element.key});
@@ -596,7 +870,8 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
     for (const auto& oc : old->second.chains) {
       bool kept = false;
       if (nf != plan.fragments.end())
-        for (const auto& nc : nf->second.chains) kept = kept || (nc.name == oc.name && nc.slotBase == oc.slotBase);
+        for (const auto& nc : nf->second.chains)
+          kept = kept || (nc.name == oc.name && nc.usesSlotMap() && nc.slotBase == oc.slotBase);
       if (!kept) plan.slots.release(oc.slotBase, oc.slotCapacity);
     }
   }
@@ -612,8 +887,9 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
     return it == plan.fragments.end() ? kEmpty : it->second;
   };
 
-  nft::Transaction addChains, rules, delElems, addElems, delChains;
+  nft::Transaction addSets, addChains, rules, delElems, addElems, delChains, delSets;
   ElementsBySet slotDels, slotAdds;
+  auto slotted = [](const FragmentChain* c) { return c && c->usesSlotMap() ? c : nullptr; };
   for (const auto& id : ids) {
     const ServiceFragment& before = oldOf(id);
     const ServiceFragment& after = newOf(id);
@@ -621,34 +897,51 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
     for (const auto& c : before.chains) oldChains[c.name] = &c;
     for (const auto& c : after.chains) newChains[c.name] = &c;
     for (const auto& [name, c] : newChains) {
-      nft::Rule rule = c->rule(table);
+      std::vector<nft::Rule> now = c->rules(table);
       auto it = oldChains.find(name);
       if (it == oldChains.end()) {
         addChains.add(c->chain(table));
-      } else if (it->second->rule(table) == rule) {
+      } else if (it->second->rules(table) == now) {
         continue;
       } else {
         rules.flush(c->chain(table));
       }
-      rules.add(std::move(rule));
+      for (auto& r : now) rules.add(std::move(r));
     }
+    // Chains are visited in name order, so an ext- chain is deleted before the local-/svc-
+    // chains it jumps to.
     for (const auto& [name, c] : oldChains)
       if (!newChains.count(name)) delChains.del(c->chain(table));
+    // Affinity sets: created before the rules that use them, deleted after those rules left.
+    std::map<std::string, nft::Set> oldSets, newSets;
+    for (const auto& c : before.chains)
+      for (auto& set : c.sets(table)) oldSets.emplace(set.name, std::move(set));
+    for (const auto& c : after.chains)
+      for (auto& set : c.sets(table)) newSets.emplace(set.name, std::move(set));
+    // (A set's name includes its timeout, so a changed timeout is a new set.)
+    for (auto& [name, set] : newSets)
+      if (!oldSets.count(name)) addSets.add(std::move(set));
+    for (auto& [name, set] : oldSets)
+      if (!newSets.count(name)) delSets.del(std::move(set));
 
     // Endpoint slots: per index while a chain keeps its range, else the whole old range goes
     // and the whole new one comes (all deletions precede all additions in the batch, so a
     // range freed and reused within one plan is fine).
-    for (const auto& [name, c] : oldChains) {
+    for (const auto& [name, oc] : oldChains) {
+      const FragmentChain* c = slotted(oc);
+      if (!c) continue;
       auto it = newChains.find(name);
-      const FragmentChain* n = it == newChains.end() ? nullptr : it->second;
+      const FragmentChain* n = it == newChains.end() ? nullptr : slotted(it->second);
       const bool sameRange = n && n->slotBase == c->slotBase && n->shard == c->shard;
       for (uint32_t i = 0; i < c->slots.size(); ++i)
         if (!sameRange || i >= n->slots.size() || n->slots[i] != c->slots[i])
           addSlotElement(*c, i, slotDels[names::endpointsMap(c->shard)]);
     }
-    for (const auto& [name, n] : newChains) {
+    for (const auto& [name, nc] : newChains) {
+      const FragmentChain* n = slotted(nc);
+      if (!n) continue;
       auto it = oldChains.find(name);
-      const FragmentChain* c = it == oldChains.end() ? nullptr : it->second;
+      const FragmentChain* c = it == oldChains.end() ? nullptr : slotted(it->second);
       const bool sameRange = c && n->slotBase == c->slotBase && n->shard == c->shard;
       for (uint32_t i = 0; i < n->slots.size(); ++i)
         if (!sameRange || i >= c->slots.size() || n->slots[i] != c->slots[i])
@@ -691,13 +984,16 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
   for (auto& [set, el] : dels) delElems.del(nft::Elements{table, set, std::move(el)});
   for (auto& [set, el] : adds) addElems.add(nft::Elements{table, set, std::move(el)});
 
-  // Chains first (so elements can point at them), elements next, dead chains last (after the
-  // map elements that referenced them are gone).
+  // Sets and chains first (so rules and elements can point at them), elements next, dead chains
+  // after the map elements that referenced them are gone, and dead sets after the rules that
+  // used them.
+  plan.tx.append(std::move(addSets));
   plan.tx.append(std::move(addChains));
   plan.tx.append(std::move(rules));
   plan.tx.append(std::move(delElems));
   plan.tx.append(std::move(addElems));
   plan.tx.append(std::move(delChains));
+  plan.tx.append(std::move(delSets));
   return plan;
 }
 

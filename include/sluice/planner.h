@@ -22,16 +22,28 @@ namespace sluice {
 
 struct ProxyConfig {
   std::string nodeName;                 // endpoints with this nodeName are local
-  IPFamily family = IPFamily::kV4;      // one table per family
+  std::string zone;                     // this node's zone, for topology hints (service-semantics §6)
+  IPFamily family = IPFamily::kV4;      // one table per family: `ip sluice` or `ip6 sluice`
   std::string tableName = "sluice";
   std::vector<IPPrefix> clusterCIDRs;   // pod CIDR(s): traffic from outside is masqueraded
   bool masqueradeAll = false;           // masquerade every ClusterIP flow
+  // The node's own addresses, both families; the first of each family is its primary IP.
+  std::vector<IPAddress> nodeIPs;
+  // --nodeport-addresses: NodePorts are served on the node IPs inside these CIDRs. Empty = the
+  // primary node IP of each family; CIDRs given, but none of this family = every node IP of this
+  // family (kube-proxy's NodePortAddresses). Loopback addresses never serve NodePorts.
+  std::vector<IPPrefix> nodePortAddresses;
+  // Service CIDR(s) (--service-cluster-ip-range): traffic to an address inside that no Service
+  // holds is dropped, so it does not leak to the default route.
+  std::vector<IPPrefix> serviceCIDRs;
   uint32_t masqueradeBit = 14;          // packet mark bit 0x4000 by default, as kube-proxy
   // Service-port chains per endpoints map (see docs/design.md, "Why sharded endpoint maps").
   uint32_t chainsPerEndpointMap = 80;
 
   uint32_t masqueradeMark() const { return 1u << masqueradeBit; }
   nft::TableRef table() const;
+  // The addresses of this family that serve NodePorts (see nodePortAddresses).
+  std::vector<IPAddress> nodePortIPs() const;
 };
 
 // One endpoint of a Service port, after joining slice ports to the Service port.
@@ -43,6 +55,10 @@ struct ResolvedEndpoint {
   bool terminating = false;
   bool local = false;
   bool nodeUnknown = false;  // no nodeName: locality unknown
+  // Topology (service-semantics §6), only when the Service asks for it (trafficDistribution):
+  // the endpoint carries hints of the asked kind, and they name this node (or its zone).
+  bool hinted = false;
+  bool hintedHere = false;
   uint32_t weight = 1;
   bool operator==(const ResolvedEndpoint&) const = default;
 };
@@ -54,7 +70,9 @@ std::vector<ResolvedEndpoint> resolveEndpoints(const Service& svc, const Service
                                                const ProxyConfig& cfg, std::vector<Problem>* problems);
 
 // service-semantics §2: the cluster and local sets with their independent terminating
-// fallbacks, and whether the Service has any usable endpoint anywhere (reject vs drop).
+// fallbacks, and whether the Service has any usable endpoint anywhere (reject vs drop). The
+// cluster set is narrowed to the endpoints hinted for this node when every ready endpoint
+// carries hints and at least one names this node (§6).
 struct EndpointSets {
   std::vector<ResolvedEndpoint> cluster;
   std::vector<ResolvedEndpoint> local;
@@ -67,7 +85,15 @@ EndpointSets categorizeEndpoints(const std::vector<ResolvedEndpoint>& endpoints)
 std::string skipReason(const Service& svc, const ProxyConfig& cfg);
 
 // The sets and maps of the table that Services add elements to (names::sharedSet() names them).
-enum class SharedSet : uint8_t { kClusterIPs, kServiceIPs, kNoEndpointServices, kHairpin };
+enum class SharedSet : uint8_t {
+  kClusterIPs,
+  kServiceIPs,          // address . proto . port : verdict (ClusterIPs, external IPs, LB IPs)
+  kNoEndpointServices,  // same key : reject / drop
+  kHairpin,
+  kNodePorts,             // proto . port : verdict, for daddr in @nodeport-ips
+  kNoEndpointNodePorts,   // same key : reject / drop
+  kFirewallIPs,           // LB address . proto . port : goto the Service's source-range chain
+};
 
 // The set/map element a Service contributes, tagged with the port it belongs to (-1 = the
 // whole Service), so a conflicting port can be dropped on its own.
@@ -78,22 +104,35 @@ struct FragmentElement {
   bool operator==(const FragmentElement&) const = default;
 };
 
-// A Service-port chain. Its endpoints are `slots` (an endpoint repeated by its weight); the
-// Planner places them in the shared endpoints map at [slotBase, slotBase + slotCapacity).
+// A chain a Service owns. Three kinds:
+// - DNAT chain (svc-…, local-…) without affinity: its endpoints are `slots` (an endpoint repeated
+//   by its weight); the Planner places them in the shared endpoints map at
+//   [slotBase, slotBase + slotCapacity), and the chain's one rule follows from these fields;
+// - DNAT chain with ClientIP affinity (affinitySeconds > 0): one dynamic set per endpoint and
+//   per-endpoint rules (see rules()); no slot map;
+// - dispatch chain (ext-…, fw-…): `fixedRules` as they are.
 struct FragmentChain {
-  std::string name;  // of the chain in the proxy's table (names::serviceChain)
-  int port = -1;
+  std::string name;  // of the chain in the proxy's table (names::serviceChain …)
+  int port = -1;     // index in spec.ports; -1 = the whole Service
   Protocol protocol = Protocol::kTCP;
   std::vector<std::pair<IPAddress, uint16_t>> slots;
   uint32_t slotBase = 0;
   uint32_t slotCapacity = 0;
   uint32_t shard = 0;  // which endpoints map ("endpoints-<shard>")
+  uint32_t affinitySeconds = 0;
+  std::vector<nft::Rule> fixedRules;
   bool operator==(const FragmentChain&) const = default;
 
+  bool usesSlotMap() const { return affinitySeconds == 0 && fixedRules.empty() && !slots.empty(); }
   nft::Chain chain(const nft::TableRef& table) const { return {table, name, std::nullopt}; }
-  // The chain's one rule, `meta l4proto P dnat to numgen random mod N offset B map
-  // @endpoints-K`. It follows from the fields above, so the mirror keeps those, not the rule.
-  nft::Rule rule(const nft::TableRef& table) const;
+  // The chain's rules. Without affinity: `meta l4proto P dnat to numgen random mod N offset B
+  // map @endpoints-K`. With affinity, per endpoint i (distinct endpoints, in slot order):
+  //   `meta l4proto P ip saddr @aff_i update @aff_i { ip saddr } dnat to EP_i`  (sticky clients)
+  // then `meta l4proto P numgen random mod (n-i) 0 update @aff_i { ip saddr } dnat to EP_i` for
+  // i < n-1 and an unconditional last one: a uniform choice, recorded for the client.
+  std::vector<nft::Rule> rules(const nft::TableRef& table) const;
+  // The dynamic affinity sets (`flags dynamic,timeout; timeout Ts`), one per endpoint.
+  std::vector<nft::Set> sets(const nft::TableRef& table) const;
 };
 
 // Everything one Service owns in the table. From planService() the chains carry their endpoint
@@ -113,6 +152,7 @@ ServiceFragment planService(const Service& svc, const std::map<ObjectName, Endpo
 struct BaseRuleset {
   nft::Table table;
   std::vector<nft::Set> sets;
+  std::vector<nft::Elements> elements;  // nodeport-ips, from the config
   std::vector<nft::Chain> chains;
   std::vector<nft::Rule> rules;
 };
@@ -124,15 +164,28 @@ inline constexpr const char* kClusterIPs = "cluster-ips";
 inline constexpr const char* kServiceIPs = "service-ips";
 inline constexpr const char* kNoEndpointServices = "no-endpoint-services";
 inline constexpr const char* kHairpin = "hairpin";
-const char* sharedSet(SharedSet s);        // one of the four above
+inline constexpr const char* kServiceNodePorts = "service-nodeports";
+inline constexpr const char* kNoEndpointNodePorts = "no-endpoint-nodeports";
+inline constexpr const char* kFirewallIPs = "firewall-ips";
+inline constexpr const char* kNodePortIPs = "nodeport-ips";
+const char* sharedSet(SharedSet s);        // one of the seven above
 std::string endpointsMap(uint32_t shard);  // "endpoints-<shard>"
 inline constexpr const char* kServicesChain = "services";
 inline constexpr const char* kEndpointsCheckChain = "service-endpoints-check";
 inline constexpr const char* kClusterIPsCheckChain = "cluster-ips-check";
 inline constexpr const char* kRejectChain = "reject-chain";
 inline constexpr const char* kMasqueradingChain = "masquerading";
-// "svc-<8 chars of base32(sha256(key))>-<key>", key = "ns/name/proto/portname", ≤ 255 bytes.
-std::string serviceChain(const ObjectName& svc, Protocol proto, const std::string& portName);
+inline constexpr const char* kFirewallBaseChain = "filter-prerouting-pre-dnat";
+// "<prefix><8 chars of base32(sha256(key))>-<key>", key = "ns/name/proto/portname", ≤ 255
+// bytes. Prefixes: "svc-" (cluster endpoints), "local-" (local endpoints), "ext-" (external
+// dispatch).
+std::string serviceChain(const ObjectName& svc, Protocol proto, const std::string& portName,
+                         std::string_view prefix = "svc-");
+// "fw-<hash>-<ns>/<name>": the Service's loadBalancerSourceRanges.
+std::string firewallChain(const ObjectName& svc);
+// "affinity-<hash>-<ip>/<port>", hash over the DNAT chain's name, the endpoint and the timeout
+// (a set's timeout cannot change, so another timeout is another set).
+std::string affinitySet(const std::string& chain, const IPAddress& ip, uint16_t port, uint32_t timeoutSeconds);
 }  // namespace names
 
 // Ranges of slots in the endpoints map. A Service port gets a power-of-two range so that it can

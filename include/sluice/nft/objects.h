@@ -102,8 +102,14 @@ struct Nat { NatType type; Family family; uint32_t regAddr; uint32_t regProto; u
 struct Masq { uint32_t flags; bool operator==(const Masq&) const = default; };
 struct Reject { uint32_t type; uint8_t code; bool operator==(const Reject&) const = default; };
 struct Counter { bool operator==(const Counter&) const = default; };
+// `update @set { <sreg> }`: adds the key to a dynamic set, or refreshes its timeout if present.
+struct Dynset { uint32_t sregKey; std::string set; bool operator==(const Dynset&) const = default; };
+// `fib saddr type`: the address type (RTN_LOCAL = 2, host order) of the packet's source address.
+inline constexpr uint32_t kFibResultAddrType = 3, kFibFlagSaddr = 1, kRtnLocal = 2;
+struct Fib { uint32_t dreg; uint32_t result; uint32_t flags; bool operator==(const Fib&) const = default; };
 
-using Expr = std::variant<Payload, Meta, MetaSet, Cmp, Bitwise, Lookup, Immediate, Numgen, Ct, Nat, Masq, Reject, Counter>;
+using Expr = std::variant<Payload, Meta, MetaSet, Cmp, Bitwise, Lookup, Immediate, Numgen, Ct, Nat, Masq, Reject, Counter,
+                          Dynset, Fib>;
 
 // --- objects -----------------------------------------------------------------------------
 struct TableRef {
@@ -144,7 +150,8 @@ uint32_t dataTypeSize(DataType t);            // bytes of the value (verdict: 0)
 uint32_t dataTypeRegSize(DataType t);         // bytes in a concatenation (rounded up to 4)
 const char* dataTypeName(DataType t);         // "ipv4_addr", "inet_proto" ...
 
-inline constexpr uint32_t kSetAnonymous = 0x1, kSetConstant = 0x2, kSetInterval = 0x4, kSetMap = 0x8, kSetTimeout = 0x10;
+inline constexpr uint32_t kSetAnonymous = 0x1, kSetConstant = 0x2, kSetInterval = 0x4, kSetMap = 0x8, kSetTimeout = 0x10,
+                          kSetEval = 0x20 /* "dynamic": updated from the packet path */;
 
 struct Element {
   Bytes key;              // concatenated, every field padded to 4 bytes
@@ -177,6 +184,9 @@ struct Set {
   // NFTA_SET_DESC_SIZE. For a named set the kernel treats it as the maximum element count
   // (ENFILE beyond it) and sizes its hash table from it.
   uint32_t size = 0;
+  // NFTA_SET_TIMEOUT in milliseconds (with kSetTimeout): the lifetime of elements that dynset
+  // expressions add or refresh.
+  uint64_t timeoutMs = 0;
   uint32_t keyLen() const;
   uint32_t dataLen() const;
   bool operator==(const Set&) const = default;

@@ -24,12 +24,20 @@ class RuleBuilder {
   RuleBuilder& l4proto(Protocol p);                           // meta l4proto tcp
   RuleBuilder& daddrInSet(const std::string& set);            // ip daddr @set
   RuleBuilder& saddrInPrefix(const IPPrefix& p, bool negate); // ip saddr [!=] 198.18.0.0/16
+  RuleBuilder& daddrInPrefix(const IPPrefix& p, bool negate); // ip daddr [!=] 198.19.0.0/16
+  RuleBuilder& saddrInSet(const std::string& set);            // ip saddr @set
+  RuleBuilder& fibSaddrLocal();                               // fib saddr type local
+  RuleBuilder& numgenEq(uint32_t mod, uint32_t value);        // numgen random mod N V
   RuleBuilder& saddrDaddrInSet(const std::string& set);       // ip saddr . ip daddr @set
   RuleBuilder& markAndEq(uint32_t mask, uint32_t value);      // meta mark & M == V
   // --- statements ---
   RuleBuilder& markSetOr(uint32_t bits);                      // meta mark set meta mark | B
   RuleBuilder& markSetXor(uint32_t bits);                     // meta mark set meta mark ^ B
   RuleBuilder& daddrProtoPortVmap(const std::string& map);    // ip daddr . meta l4proto . th dport vmap @map
+  RuleBuilder& protoPortVmap(const std::string& map);         // meta l4proto . th dport vmap @map
+  RuleBuilder& updateSaddr(const std::string& set);           // update @set { ip saddr }
+  // dnat to 198.18.1.11:8080 (ip6: dnat to [fd00:1::b]:8080); meta l4proto must be matched first.
+  RuleBuilder& dnatTo(const IPAddress& ip, uint16_t port);
   // meta l4proto must be matched first; endpoints are (address, port), each one numgen slot.
   // The inline map is an anonymous set: fine for a few rules, but the kernel's cost per
   // anonymous set grows with the batch and the table (docs/design.md §3), which is why the
@@ -48,6 +56,7 @@ class RuleBuilder {
 
  private:
   void append(std::string_view text);
+  RuleBuilder& addrInPrefix(bool source, const IPPrefix& p, bool negate);
   const char* ipKeyword() const;  // "ip" / "ip6"
   uint32_t addrLen() const;
   Rule rule_;
