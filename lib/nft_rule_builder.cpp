@@ -250,6 +250,15 @@ RuleBuilder& RuleBuilder::reject() {
   return *this;
 }
 
+// nft hides the `meta l4proto tcp` dependency of a TCP reset when it prints the rule.
+RuleBuilder& RuleBuilder::rejectTcpReset() {
+  rule_.exprs.push_back(Meta{MetaKey::kL4proto, kReg1});
+  rule_.exprs.push_back(Cmp{kReg1, CmpOp::kEq, Bytes{uint8_t(Protocol::kTCP)}});
+  rule_.exprs.push_back(Reject{1 /*NFT_REJECT_TCP_RST*/, 0});
+  append("reject with tcp reset");
+  return *this;
+}
+
 RuleBuilder& RuleBuilder::verdict(VerdictCode code, const std::string& chain) {
   Verdict v{code, chain};
   rule_.exprs.push_back(Immediate{kRegVerdict, {}, v});

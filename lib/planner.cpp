@@ -517,10 +517,16 @@ BaseRuleset planBase(const ProxyConfig& cfg) {
   // Only packets that were not DNATed still have a ClusterIP as destination at filter priority:
   // a port or protocol the Service does not have. Other addresses of the service CIDR belong
   // to no Service: dropped, as kube-proxy does, rather than sent along the default route.
-  b.rules.push_back(rule(names::kClusterIPsCheckChain).daddrInSet(names::kClusterIPs).reject().build());
+  b.rules.push_back(rule(names::kClusterIPsCheckChain).daddrInSet(names::kClusterIPs).goTo(names::kRejectChain).build());
   for (const auto& cidr : cfg.serviceCIDRs)
     if (cidr.family() == cfg.family)
       b.rules.push_back(rule(names::kClusterIPsCheckChain).daddrInPrefix(cidr, false).verdict(VerdictCode::kDrop).build());
+  // TCP gets a reset rather than an ICMP error: a client on this node whose SYN is rejected
+  // while its own connect() still holds the socket lock (veth delivers the answer in the same
+  // softirq run) loses an ICMP error — tcp_v{4,6}_err only records it as a soft error
+  // (TcpExtLockDroppedIcmps) and the client waits for its SYN retransmit, 1 s — whereas a RST
+  // is queued to the socket backlog and refuses the connection at once. Seen with IPv6 pods.
+  b.rules.push_back(rule(names::kRejectChain).rejectTcpReset().build());
   b.rules.push_back(rule(names::kRejectChain).reject().build());
   // Hairpin first — it must not be skipped by the unmarked-return below: a DNATed flow whose
   // source is its own new destination (a pod load-balanced to itself) must be masqueraded or

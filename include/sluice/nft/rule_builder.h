@@ -48,6 +48,7 @@ class RuleBuilder {
   RuleBuilder& dnatNumgenMap(uint32_t mod, uint32_t offset, const std::string& map);
   RuleBuilder& masquerade(bool fullyRandom);
   RuleBuilder& reject();
+  RuleBuilder& rejectTcpReset();  // (meta l4proto tcp) reject with tcp reset
   RuleBuilder& verdict(VerdictCode code, const std::string& chain = {});
   RuleBuilder& jump(const std::string& chain) { return verdict(VerdictCode::kJump, chain); }
   RuleBuilder& goTo(const std::string& chain) { return verdict(VerdictCode::kGoto, chain); }
