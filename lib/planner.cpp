@@ -689,6 +689,9 @@ std::vector<nft::Rule> FragmentChain::rules(const nft::TableRef& table) const {
     if (i + 1 < n) rb.numgenEq(n - i, 0);
     out.push_back(rb.updateSaddr(set).dnatTo(ip, port).build());
   }
+  // `update` on a full set (kAffinitySetSize clients) ends its rule without a verdict; the
+  // connection then falls to the next rule, and past the last one to this: balanced, never lost.
+  out.push_back(RuleBuilder(table, name).l4proto(protocol).dnatTo(eps.back().first, eps.back().second).build());
   return out;
 }
 

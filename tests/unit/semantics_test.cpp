@@ -227,7 +227,8 @@ TEST_CASE("semantics: ClientIP affinity uses one dynamic set per endpoint with t
             "meta l4proto tcp ip saddr @" + a2 + " update @" + a2 + " { ip saddr } dnat to 198.18.1.3:8080",
             "meta l4proto tcp numgen random mod 3 0 update @" + a0 + " { ip saddr } dnat to 198.18.1.1:8080",
             "meta l4proto tcp numgen random mod 2 0 update @" + a1 + " { ip saddr } dnat to 198.18.1.2:8080",
-            "meta l4proto tcp update @" + a2 + " { ip saddr } dnat to 198.18.1.3:8080"});
+            "meta l4proto tcp update @" + a2 + " { ip saddr } dnat to 198.18.1.3:8080",
+            "meta l4proto tcp dnat to 198.18.1.3:8080"});
   // A different timeout is a different set (a set's timeout cannot be changed in place).
   CHECK(names::affinitySet(c.name, ip("198.18.1.1"), 8080, 60) != names::affinitySet(c.name, ip("198.18.1.1"), 8080, 61));
 
