@@ -43,6 +43,14 @@ bool hasElement(const ServiceFragment& f, SharedSet set, std::optional<nft::Verd
   });
 }
 
+// A snapshot of one Service and its slices.
+Snapshot snapshotOf(const Service& svc, const std::map<ObjectName, EndpointSlice>& slices) {
+  Snapshot s;
+  s.upsertService(svc);
+  for (const auto& [_, sl] : slices) s.upsertSlice(sl);
+  return s;
+}
+
 Service lbService(const char* name, const char* cip, const char* lbIP) {
   Service s = clusterIPService("ns", name, cip, {{"http", Protocol::kTCP, 80, 30080}});
   s.type = ServiceType::kLoadBalancer;
@@ -235,9 +243,7 @@ TEST_CASE("semantics: ClientIP affinity uses one dynamic set per endpoint with t
   // Partial syncs create the sets before their rules and delete them after.
   nft::FakeBackend fake;
   DataPlane dp(cfg, fake);
-  Snapshot s;
-  s.upsertService(svc);
-  for (auto& [_, sl] : slices) s.upsertSlice(sl);
+  Snapshot s = snapshotOf(svc, slices);
   REQUIRE(dp.sync(s).status.isOk());
   CHECK(fake.dump().find("flags dynamic,timeout\n\t\ttimeout 60s") != std::string::npos);
   svc.affinityTimeoutSeconds = 30;
@@ -266,9 +272,7 @@ TEST_CASE("semantics: an IPv6 table mirrors the IPv4 layout") {
   CHECK(cfg.table().family == nft::Family::kIPv6);
   nft::FakeBackend fake;
   DataPlane dp(cfg, fake);
-  Snapshot s;
-  s.upsertService(svc);
-  for (auto& [_, sl] : slices) s.upsertSlice(sl);
+  Snapshot s = snapshotOf(svc, slices);
   REQUIRE(dp.sync(s).status.isOk());
   const std::string dump = fake.dump();
   CHECK(dump.find("table ip6 sluice") != std::string::npos);
