@@ -5,10 +5,15 @@
 // the interpreter a plain loop and makes every outcome and its probability exact.
 #include "sluice/nft/tracer.h"
 
+#include <cxxabi.h>
+
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
+#include <typeinfo>
 #include <tuple>
 
 #include <fmt/format.h>
@@ -26,6 +31,12 @@ constexpr uint32_t kIpsSrcNat = 1u << 4;
 constexpr uint32_t kIpsDstNat = 1u << 5;
 constexpr uint32_t kMetaIifname = 6, kMetaOifname = 7;  // NFT_META_IIFNAME / OIFNAME
 constexpr uint32_t kIfNameSize = 16;                    // IFNAMSIZ
+
+std::string typeName(const std::type_info& t) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> name(abi::__cxa_demangle(t.name(), nullptr, nullptr, &status), std::free);
+  return status == 0 && name ? std::string(name.get()) : std::string(t.name());
+}
 
 Status cannotTrace(const std::string& why) { return Status(Code::kUnimplemented, "cannot trace: " + why); }
 Status badRuleset(const std::string& why) { return Status(Code::kFailedPrecondition, why); }
@@ -189,16 +200,19 @@ class Tracer {
       idx = 0;
       return Status::ok();
     };
+    // Back to the rule after the jump; false at the base chain, whose policy then applies.
+    auto leave = [&] {
+      if (stack.empty()) return false;
+      cur = stack.back().chain;
+      idx = stack.back().next;
+      stack.pop_back();
+      return true;
+    };
     for (;;) {
       if (idx >= cur->rules.size()) {
-        if (stack.empty()) {
-          note(r, hook, "policy accept", &base);
-          return ChainExit{};
-        }
-        cur = stack.back().chain;
-        idx = stack.back().next;
-        stack.pop_back();
-        continue;
+        if (leave()) continue;
+        note(r, hook, "policy accept", &base);
+        return ChainExit{};
       }
       const Rule& rule = cur->rules[idx];
       RuleEval ev;
@@ -236,14 +250,9 @@ class Tracer {
           if (Status st = enter(ev.verdict->chain); !st) return st;
           break;
         case VerdictCode::kReturn:
-          if (stack.empty()) {
-            note(r, hook, "return from the base chain: policy accept", &base);
-            return ChainExit{};
-          }
-          cur = stack.back().chain;
-          idx = stack.back().next;
-          stack.pop_back();
-          break;
+          if (leave()) break;
+          note(r, hook, "return from the base chain: policy accept", &base);
+          return ChainExit{};
       }
     }
   }
@@ -293,7 +302,7 @@ class Tracer {
   // Anything the IR gains later and this tracer does not know yet: say so, never guess.
   template <typename E>
   Status eval(Run&, const FakeBackend::TableState&, const Rule&, const E&, Regs&, RuleEval&, ExprResult&) {
-    return cannotTrace("expression kind not modelled by the tracer");
+    return cannotTrace(fmt::format("expression {} is not modelled by the tracer", typeName(typeid(E))));
   }
 
   Status eval(Run& r, const FakeBackend::TableState&, const Rule&, const Payload& e, Regs& regs, RuleEval&,
