@@ -66,6 +66,7 @@ struct Run {
   Packet pkt;
   TraceOutcome out;
   bool dnatDone = false, snatDone = false;
+  bool natSettled = false;  // looped back: no nat chain runs again for this connection
   // numgen values: the first `prefix.size()` are given, later ones start at 0.
   std::vector<uint32_t> prefix, drawn, mods;
 };
@@ -104,50 +105,55 @@ class Tracer {
 
   Status run(Run& r) {
     r.pkt = {packet_.saddr, packet_.daddr, packet_.sport, packet_.dport, packet_.mark, 0};
-    const bool v6 = packet_.family() == IPFamily::kV6;
-    auto finish = [&](const ChainExit& e) {
-      r.out.disposition = e.disposition;
-      r.out.reject = e.reject;
+    ChainExit exit;
+    bool accepted = true;
+    // Runs one hook; `accepted` says whether the packet goes on to the next.
+    auto pass = [&](Hook hook) -> Status {
+      auto e = runHook(r, hook);
+      if (!e) return e.status();
+      exit = *e;
+      accepted = exit.disposition == Disposition::kAccepted;
+      return Status::ok();
+    };
+    auto finish = [&] {
+      r.out.disposition = exit.disposition;
+      r.out.reject = exit.reject;
       r.out.mark = r.pkt.mark;
+      return Status::ok();
+    };
+    auto deliver = [&]() -> Status {
+      if (Status st = pass(Hook::kInput); !st) return st;
+      r.out.delivered = accepted;
+      return finish();
     };
     if (packet_.entry == Entry::kPrerouting) {
-      auto pre = runHook(r, Hook::kPrerouting);
-      if (!pre) return pre.status();
-      if (pre->disposition != Disposition::kAccepted) {
-        finish(*pre);
-        return Status::ok();
-      }
-      const bool local = r.dnatDone ? std::find(packet_.localAddresses.begin(), packet_.localAddresses.end(),
-                                                r.pkt.daddr) != packet_.localAddresses.end()
-                                    : packet_.daddrLocal;
-      note(r, local ? Hook::kInput : Hook::kForward,
-           fmt::format("routing: {} {} is {}", v6 ? "ip6" : "ip", r.pkt.daddr.toString(),
-                       local ? "local: input" : "not local: forward"));
-      if (local) {
-        auto in = runHook(r, Hook::kInput);
-        if (!in) return in.status();
-        r.out.delivered = in->disposition == Disposition::kAccepted;
-        finish(*in);
-        return Status::ok();
-      }
-      auto fwd = runHook(r, Hook::kForward);
-      if (!fwd) return fwd.status();
-      if (fwd->disposition != Disposition::kAccepted) {
-        finish(*fwd);
-        return Status::ok();
-      }
-    } else {
-      auto out = runHook(r, Hook::kOutput);
-      if (!out) return out.status();
-      if (out->disposition != Disposition::kAccepted) {
-        finish(*out);
-        return Status::ok();
-      }
+      if (Status st = pass(Hook::kPrerouting); !st || !accepted) return st ? finish() : st;
+      if (route(r, Hook::kInput, Hook::kForward)) return deliver();
+      if (Status st = pass(Hook::kForward); !st || !accepted) return st ? finish() : st;
+      if (Status st = pass(Hook::kPostrouting); !st) return st;
+      return finish();
     }
-    auto post = runHook(r, Hook::kPostrouting);
-    if (!post) return post.status();
-    finish(*post);
-    return Status::ok();
+    if (Status st = pass(Hook::kOutput); !st || !accepted) return st ? finish() : st;
+    const bool local = route(r, Hook::kPostrouting, Hook::kPostrouting);
+    if (Status st = pass(Hook::kPostrouting); !st || !accepted || !local) return st ? finish() : st;
+    // A locally destined packet loops back through lo: prerouting and input again, with the
+    // connection's NAT already settled (output and postrouting set up both bindings).
+    r.natSettled = true;
+    note(r, Hook::kPrerouting, "looped back (lo): prerouting and input, NAT already set up");
+    if (Status st = pass(Hook::kPrerouting); !st || !accepted) return st ? finish() : st;
+    return deliver();
+  }
+
+  // The routing decision after prerouting / output: local iff the destination (the DNAT target
+  // if there was one) is an address of this node.
+  bool route(Run& r, Hook ifLocal, Hook otherwise) {
+    const auto& own = packet_.localAddresses;
+    const bool listed = std::find(own.begin(), own.end(), r.pkt.daddr) != own.end();
+    const bool local = listed || (!r.dnatDone && packet_.daddrLocal);
+    note(r, local ? ifLocal : otherwise,
+         fmt::format("routing: {} {} is {}", packet_.family() == IPFamily::kV6 ? "ip6" : "ip", r.pkt.daddr.toString(),
+                     local ? "local" : "not local"));
+    return local;
   }
 
  private:
@@ -175,7 +181,7 @@ class Tracer {
           note(r, hook, "skipped: nat chains see only the first packet of a connection", &bc);
           continue;
         }
-        if (dstHook ? r.dnatDone : r.snatDone) continue;
+        if (r.natSettled || (dstHook ? r.dnatDone : r.snatDone)) continue;
       }
       auto exit = runChain(r, hook, bc);
       if (!exit) return exit.status();

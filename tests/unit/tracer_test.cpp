@@ -206,7 +206,6 @@ namespace {
 
 const TableRef kT{Family::kIPv4, "t"};
 
-Bytes u32(uint32_t v) { return KeyBuilder().u32host(v).take(); }
 Bytes be16(uint16_t v) { return Bytes{uint8_t(v >> 8), uint8_t(v)}; }
 
 Rule rule(const std::string& chain, std::vector<Expr> exprs, std::string text) {
@@ -420,6 +419,19 @@ TEST_CASE("tracer: hook order by priority across tables, one NAT per kind, snat 
   Trace in = mustTrace(fake, direct);
   CHECK(in.disposition() == Disposition::kDropped);
   CHECK(mentions(in.outcomes[0], "in[1]: drop"));
+  // From a local process to a local address: output, postrouting (snat), then looped back
+  // through prerouting — where the nat chains no longer run, so port 80 is not redirected —
+  // and input, which drops it; 8080 is delivered.
+  TracePacket lo = tcp("198.18.0.1", "198.18.0.1", 80, Entry::kOutput);
+  lo.localAddresses = {ip("198.18.0.1")};
+  Trace loop = mustTrace(fake, lo);
+  CHECK(loop.disposition() == Disposition::kDropped);
+  CHECK(loop.dnatTargets().empty());
+  CHECK(mentions(loop.outcomes[0], "looped back"));
+  lo.dport = 8080;
+  Trace loop8080 = mustTrace(fake, lo);
+  CHECK(loop8080.outcomes[0].delivered);
+  CHECK(loop8080.outcomes[0].snat == NatTarget{ip("198.18.0.1"), std::nullopt});
 }
 
 TEST_CASE("tracer: what it cannot know is an error, never a guess") {

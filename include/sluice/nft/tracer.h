@@ -34,7 +34,7 @@ inline constexpr uint32_t kCtStateNew = 1u << 3;
 // Where the packet shows up on the node.
 enum class Entry : uint8_t {
   kPrerouting,  // arrives on an interface: prerouting, then input (local) or forward + postrouting
-  kOutput,      // sent by a local process: output, then postrouting
+  kOutput,      // sent by a local process: output, postrouting; if local, then prerouting and input
 };
 
 struct TracePacket {
@@ -47,8 +47,8 @@ struct TracePacket {
   std::string iifname;  // input interface for kPrerouting (meta iifname); "" = unknown
   // Whether the (original) destination is an address of this node (fib daddr type local).
   bool daddrLocal = false;
-  // Addresses of this node: a DNAT target among them is delivered locally (input hook), any
-  // other DNAT target is forwarded.
+  // Addresses of this node: a destination (or DNAT target) among them is delivered locally
+  // (input hook); anything else is forwarded (or, from output, leaves the node).
   std::vector<IPAddress> localAddresses;
   uint32_t ctState = kCtStateNew;
   uint32_t ctMark = 0;
