@@ -128,6 +128,34 @@ class Workload:
         return NODE_IP if self.n * (self.e + 1) < ENDPOINT_SLOTS else None
 
 
+class DataplaneWorkload(Workload):
+    """The address plan of bench/dataplane_latency.cpp (bench/workload.h, dataplane*): ClusterIPs
+    in the testbed's service range, the first and the last Service backed by the testbed's real
+    backend pods, every other Service by addresses no packet is sent to.  Only the addresses
+    differ from Workload; the rules generated from it have the same shape."""
+
+    def __init__(self, services: int, endpoints: int):
+        if services < 1 or services > 60000 or endpoints < 1 or endpoints > 50:
+            raise SystemExit("dataplane plan: 1..60000 services, 1..50 endpoints")
+        self.n = services
+        self.e = endpoints
+
+    def services(self):
+        base_svc = int(ipaddress.IPv4Address("198.19.0.0"))
+        base_dummy = int(ipaddress.IPv4Address("198.18.2.0"))
+        dummies = 254 * 256  # 198.18.2.0 - 198.18.255.255
+        for i in range(self.n):
+            if i in (0, self.n - 1):
+                eps = [f"198.18.1.{10 + b}" for b in range(1, self.e + 1)]
+            else:
+                eps = [ip_str(base_dummy + (i * self.e + j) % dummies) for j in range(self.e)]
+            yield i, f"svc-{i}", ip_str(base_svc + i + 1), eps
+
+    @property
+    def node_ip(self) -> str | None:
+        return None
+
+
 def b32_sha256(s: str) -> str:
     return base64.b32encode(hashlib.sha256(s.encode()).digest()).decode()
 
@@ -879,11 +907,22 @@ def parse_args():
                          "quadratic with --noflush: 7 s at 1000x10, 755 s at 4000x10)")
     ap.add_argument("--no-verify", action="store_true", help="skip reading the loaded rules back")
     ap.add_argument("--keep-inputs", action="store_true", help="keep the generated restore/nft files in --out/inputs")
+    ap.add_argument("--emit-iptables", metavar="FILE",
+                    help="only write the kube-proxy iptables-restore input for --services x --endpoints to FILE "
+                         "and exit (no root needed); used by bench/dataplane_latency.cpp")
+    ap.add_argument("--plan", choices=("compare", "dataplane"), default="compare",
+                    help="address plan for --emit-iptables: this script's (workload.h) or the data-plane "
+                         "benchmark's (testbed addresses)")
     return ap.parse_args()
 
 
 def main() -> int:
     args = parse_args()
+    if args.emit_iptables:
+        w = (DataplaneWorkload if args.plan == "dataplane" else Workload)(args.services, args.endpoints)
+        info = gen_iptables(w, Path(args.emit_iptables))
+        print(json.dumps(info))
+        return 0
     script_dir = Path(__file__).resolve().parent
     outdir = Path(args.out) if args.out else script_dir / "results"
     outdir.mkdir(parents=True, exist_ok=True)

@@ -51,4 +51,34 @@ inline void fillSnapshot(Snapshot& s, uint32_t services, uint32_t endpoints) {
   }
 }
 
+// The data-plane benchmark's plan (dataplane_latency.cpp; compare.py's DataplaneWorkload writes
+// the same Services for iptables-restore): ClusterIPs in the testbed's service range
+// 198.19.0.0/16, the first and the last Service backed by the testbed's backend pods
+// 198.18.1.11.., every other Service by addresses in 198.18.2.0-198.18.255.255 that no packet
+// is ever sent to (repeating after 65 024; only the rules' shape matters there).
+inline IPAddress dataplaneServiceIP(uint32_t i) {
+  const uint32_t a = (198u << 24 | 19u << 16) + i + 1;
+  return IPAddress::v4(uint8_t(a >> 24), uint8_t(a >> 16), uint8_t(a >> 8), uint8_t(a));
+}
+inline IPAddress dataplaneEndpointIP(uint32_t i, uint32_t j, uint32_t services, uint32_t endpoints) {
+  if (i == 0 || i + 1 == services) return IPAddress::v4(198, 18, 1, uint8_t(11 + j));
+  return offsetIP(2 * 256 + (i * endpoints + j) % (254u * 256u));
+}
+
+inline void fillDataplaneSnapshot(Snapshot& s, uint32_t services, uint32_t endpoints) {
+  for (uint32_t i = 0; i < services; ++i) {
+    Service svc = benchService(i);
+    svc.clusterIPs = {dataplaneServiceIP(i)};
+    s.upsertService(svc);
+    EndpointSlice sl = benchSlice(i, 0);
+    for (uint32_t j = 0; j < endpoints; ++j) {
+      Endpoint ep;
+      ep.addresses = {dataplaneEndpointIP(i, j, services, endpoints)};
+      ep.nodeName = "node-1";  // not the measured node: no hairpin elements, as kube-proxy's rules
+      sl.endpoints.push_back(ep);
+    }
+    s.upsertSlice(sl);
+  }
+}
+
 }  // namespace sluice::bench

@@ -25,41 +25,6 @@ Status err(int e, const Operation& op, size_t index, const std::string& why) {
   return Status::fromErrno(e, Transaction::describe(op) + ": " + why, index);
 }
 
-std::string formatField(DataType t, const uint8_t* p) {
-  switch (t) {
-    case DataType::kIPv4Addr: return IPAddress::fromV4Bytes(p).toString();
-    case DataType::kIPv6Addr: return IPAddress::fromV6Bytes(p).toString();
-    case DataType::kInetProto:
-      switch (p[0]) {
-        case 6: return "tcp";
-        case 17: return "udp";
-        case 132: return "sctp";
-        default: return std::to_string(p[0]);
-      }
-    case DataType::kInetService: return std::to_string((p[0] << 8) | p[1]);
-    case DataType::kInteger:
-    case DataType::kMark: {
-      uint32_t v;
-      std::memcpy(&v, p, 4);
-      return std::to_string(v);
-    }
-    case DataType::kVerdict: return "?";
-  }
-  return "?";
-}
-
-std::string formatConcat(const std::vector<DataType>& types, const Bytes& b) {
-  std::string out;
-  size_t off = 0;
-  for (size_t i = 0; i < types.size(); ++i) {
-    if (off + dataTypeSize(types[i]) > b.size()) return "<malformed>";
-    if (i) out += " . ";
-    out += formatField(types[i], b.data() + off);
-    off += types.size() == 1 ? dataTypeSize(types[i]) : dataTypeRegSize(types[i]);
-  }
-  return out;
-}
-
 std::string typeofText(Typeof t, Family family) {
   switch (t) {
     case Typeof::kNumgen: return "numgen random mod 1";
@@ -377,6 +342,13 @@ Status FakeBackend::apply(const Transaction& tx) {
   return Status::ok();
 }
 
+std::vector<TableRef> FakeBackend::tables() const {
+  std::vector<TableRef> out;
+  out.reserve(tables_.size());
+  for (const auto& [key, _] : tables_) out.push_back({key.first, key.second});
+  return out;
+}
+
 const FakeBackend::TableState* FakeBackend::table(Family family, const std::string& name) const {
   auto it = tables_.find({family, name});
   return it == tables_.end() ? nullptr : &it->second;
@@ -408,9 +380,9 @@ std::string FakeBackend::dumpTable(Family family, const std::string& name) const
     if (s.timeoutMs) out += fmt::format("\t\ttimeout {}s\n", s.timeoutMs / 1000);
     if (!s.comment.empty()) out += fmt::format("\t\tcomment \"{}\"\n", s.comment);
     for (const auto& [key, e] : ss.elements) {
-      out += "\t\telement " + formatConcat(s.key, key);
+      out += "\t\telement " + formatValue(s.key, key);
       if (e.verdict) out += " : " + verdictText(*e.verdict);
-      if (!e.data.empty()) out += " : " + formatConcat(s.data, e.data);
+      if (!e.data.empty()) out += " : " + formatValue(s.data, e.data);
       if (!e.comment.empty()) out += fmt::format(" comment \"{}\"", e.comment);
       out += "\n";
     }

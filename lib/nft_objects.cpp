@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "sluice/ip.h"
 #include "sluice/nft/objects.h"
 #include "sluice/nft/rule_builder.h"
 #include "sluice/nft/transaction.h"
@@ -70,6 +71,43 @@ uint32_t concatLen(const std::vector<DataType>& types) {
 
 uint32_t Set::keyLen() const { return concatLen(key); }
 uint32_t Set::dataLen() const { return isVerdictMap() ? 0 : concatLen(data); }
+
+namespace {
+std::string formatField(DataType t, const uint8_t* p) {
+  switch (t) {
+    case DataType::kIPv4Addr: return IPAddress::fromV4Bytes(p).toString();
+    case DataType::kIPv6Addr: return IPAddress::fromV6Bytes(p).toString();
+    case DataType::kInetProto:
+      switch (p[0]) {
+        case 6: return "tcp";
+        case 17: return "udp";
+        case 132: return "sctp";
+        default: return std::to_string(p[0]);
+      }
+    case DataType::kInetService: return std::to_string((p[0] << 8) | p[1]);
+    case DataType::kInteger:
+    case DataType::kMark: {
+      uint32_t v;
+      std::memcpy(&v, p, 4);
+      return std::to_string(v);
+    }
+    case DataType::kVerdict: return "?";
+  }
+  return "?";
+}
+}  // namespace
+
+std::string formatValue(const std::vector<DataType>& types, const Bytes& b) {
+  std::string out;
+  size_t off = 0;
+  for (size_t i = 0; i < types.size(); ++i) {
+    if (off + dataTypeSize(types[i]) > b.size()) return "<malformed>";
+    if (i) out += " . ";
+    out += formatField(types[i], b.data() + off);
+    off += types.size() == 1 ? dataTypeSize(types[i]) : dataTypeRegSize(types[i]);
+  }
+  return out;
+}
 
 Bytes::Bytes(size_t n, uint8_t value) {
   if (n > kCapacity) throw std::length_error("nft::Bytes: value longer than kCapacity");

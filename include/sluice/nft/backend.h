@@ -4,6 +4,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "sluice/nft/transaction.h"
 #include "sluice/status.h"
@@ -99,6 +100,7 @@ class FakeBackend : public Backend {
     uint64_t nextHandle = 1;
   };
   const TableState* table(Family family, const std::string& name) const;
+  std::vector<TableRef> tables() const;  // every table, sorted by family and name
   size_t transactionsApplied() const { return applied_; }
 
   // Makes the next apply() fail with this status at operation `index` (fault injection).

@@ -149,6 +149,8 @@ enum class DataType : uint32_t {
 uint32_t dataTypeSize(DataType t);            // bytes of the value (verdict: 0)
 uint32_t dataTypeRegSize(DataType t);         // bytes in a concatenation (rounded up to 4)
 const char* dataTypeName(DataType t);         // "ipv4_addr", "inet_proto" ...
+// A key or data value as nft prints it: "198.18.0.1 . tcp . 80"; "<malformed>" if too short.
+std::string formatValue(const std::vector<DataType>& types, const Bytes& value);
 
 inline constexpr uint32_t kSetAnonymous = 0x1, kSetConstant = 0x2, kSetInterval = 0x4, kSetMap = 0x8, kSetTimeout = 0x10,
                           kSetEval = 0x20 /* "dynamic": updated from the packet path */;
