@@ -78,7 +78,7 @@ StateSink& StateStore::sink(const std::string& sourceName) {
 }
 
 void StateStore::setOnChange(std::function<void()> onChange) {
-  std::lock_guard lock(mu_);
+  std::lock_guard lock(callbackMu_);
   onChange_ = std::move(onChange);
 }
 
@@ -185,13 +185,11 @@ void StateStore::changed(bool didChange) {
   if (didChange && !oldestChange_) oldestChange_ = Clock::now();
 }
 
+// The callback runs under callbackMu_, so once setOnChange(nullptr) returns no call of the old
+// callback is still running (the runner may then be destroyed).
 void StateStore::notify() {
-  std::function<void()> cb;
-  {
-    std::lock_guard lock(mu_);
-    cb = onChange_;
-  }
-  if (cb) cb();
+  std::lock_guard lock(callbackMu_);
+  if (onChange_) onChange_();
 }
 
 }  // namespace sluice

@@ -15,11 +15,15 @@ SyncRunner::~SyncRunner() { stop(); }
 void SyncRunner::addListener(CommitListener* listener) { listeners_.push_back(listener); }
 
 void SyncRunner::start() {
-  std::lock_guard lock(mu_);
-  if (thread_.joinable()) return;
-  stopping_ = false;
+  {
+    std::lock_guard lock(mu_);
+    if (thread_.joinable()) return;
+    stopping_ = false;
+    pending_ = true;  // changes may have arrived while stopped, without a wake-up
+    thread_ = std::thread([this] { loop(); });
+  }
+  // Outside mu_: the store calls wake() (which takes mu_) while holding its callback lock.
   store_.setOnChange([this] { wake(); });
-  thread_ = std::thread([this] { loop(); });
 }
 
 void SyncRunner::stop() {

@@ -35,8 +35,8 @@ class StateStore {
   // both kinds. Thread-safe.
   StateSink& sink(const std::string& sourceName);
 
-  // Called after every change, outside the store's lock, from the thread that made it.
-  // Set it before sources start.
+  // Called after every change, outside the store's lock, from the thread that made it. When
+  // setOnChange() returns, no call of the previous callback is running any more.
   void setOnChange(std::function<void()> onChange);
 
   // At least one source is attached and every attached source has synced both kinds.
@@ -88,6 +88,7 @@ class StateStore {
   std::map<ObjectName, ObjectName> sliceService_;  // slice → the Service it was filed under
   std::map<std::string, std::vector<Problem>> problems_;
   std::optional<Clock::time_point> oldestChange_;
+  std::mutex callbackMu_;  // guards onChange_ and is held while it runs
   std::function<void()> onChange_;
 };
 
