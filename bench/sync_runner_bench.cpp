@@ -9,7 +9,6 @@
 // network-programming latency (store received → committed) and of the caller-observed latency
 // (sink call → commit observed), in microseconds. Needs CAP_NET_ADMIN + CAP_SYS_ADMIN.
 #include <benchmark/benchmark.h>
-#include <sched.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -20,6 +19,7 @@
 #include "sluice/nft/backend.h"
 #include "sluice/state_store.h"
 #include "sluice/sync_runner.h"
+#include "private_netns.h"
 #include "workload.h"
 
 namespace {
@@ -60,20 +60,11 @@ void eventToCommit(benchmark::State& state, bool changeCount) {
   const auto services = uint32_t(state.range(0));
   std::string error;
   std::vector<double> runnerUs, observedUs;
-  std::thread t([&] {
-    if (unshare(CLONE_NEWNET) != 0) {
-      error = "unshare(CLONE_NEWNET) failed (needs CAP_SYS_ADMIN)";
-      return;
-    }
-    auto backend = nft::NetlinkBackend::open({});
-    if (!backend) {
-      error = backend.status().toString();
-      return;
-    }
+  const bool ran = bench::inPrivateNetns(state, [&](nft::NetlinkBackend& backend) {
     ProxyConfig cfg;
     cfg.nodeName = "node-0";
     cfg.clusterCIDRs = {IPPrefix::parse("198.18.0.0/15").value()};
-    DataPlane dp(cfg, **backend);
+    DataPlane dp(cfg, backend);
     StateStore store;
     CommitWaiter waiter;
     SyncRunner runner(store, dp, SyncOptions{.minSyncPeriod = std::chrono::milliseconds(0)}, &waiter);
@@ -119,7 +110,7 @@ void eventToCommit(benchmark::State& state, bool changeCount) {
     runner.stop();
     if (runner.stats().failures) error = "a sync failed";
   });
-  t.join();
+  if (!ran) return;
   if (!error.empty()) {
     state.SkipWithError(error.c_str());
     return;

@@ -157,28 +157,35 @@ bool StateStore::removeSlice(const std::string& src, const ObjectName& id) {
   return true;
 }
 
-bool StateStore::replaceServices(const std::string& src, std::vector<Service> all) {
+namespace {
+
+// replace*() of one source: remove what it owns and no longer lists, then upsert the rest.
+template <class T, class Remove, class Upsert>
+bool replaceOwned(const std::string& src, std::vector<T> all, const std::map<ObjectName, std::string>& owners,
+                  Remove&& remove, Upsert&& upsert) {
   std::set<ObjectName> keep;
-  for (const auto& s : all) keep.insert(s.id);
+  for (const auto& x : all) keep.insert(x.id);
   std::vector<ObjectName> gone;
-  for (const auto& [id, owner] : serviceOwner_)
+  for (const auto& [id, owner] : owners)
     if (owner == src && !keep.count(id)) gone.push_back(id);
   bool did = false;
-  for (const auto& id : gone) did |= removeService(src, id);
-  for (auto& s : all) did |= upsertService(src, std::move(s));
+  for (const auto& id : gone) did |= remove(id);
+  for (auto& x : all) did |= upsert(std::move(x));
   return did;
 }
 
+}  // namespace
+
+bool StateStore::replaceServices(const std::string& src, std::vector<Service> all) {
+  return replaceOwned(
+      src, std::move(all), serviceOwner_, [&](const ObjectName& id) { return removeService(src, id); },
+      [&](Service x) { return upsertService(src, std::move(x)); });
+}
+
 bool StateStore::replaceSlices(const std::string& src, std::vector<EndpointSlice> all) {
-  std::set<ObjectName> keep;
-  for (const auto& s : all) keep.insert(s.id);
-  std::vector<ObjectName> gone;
-  for (const auto& [id, owner] : sliceOwner_)
-    if (owner == src && !keep.count(id)) gone.push_back(id);
-  bool did = false;
-  for (const auto& id : gone) did |= removeSlice(src, id);
-  for (auto& s : all) did |= upsertSlice(src, std::move(s));
-  return did;
+  return replaceOwned(
+      src, std::move(all), sliceOwner_, [&](const ObjectName& id) { return removeSlice(src, id); },
+      [&](EndpointSlice x) { return upsertSlice(src, std::move(x)); });
 }
 
 void StateStore::changed(bool didChange) {

@@ -58,6 +58,17 @@ bool hasChain(nft::FakeBackend& fake, const std::string& name) {
   return t && t->chains.count(name) > 0;
 }
 
+// A runner over the fake backend with one source, "file", and a recording observer.
+struct RunnerFixture {
+  nft::FakeBackend fake;
+  DataPlane dp{ProxyConfig{}, fake};
+  StateStore store;
+  StateSink& src = store.sink("file");
+  RecordingObserver obs;
+  std::unique_ptr<SyncRunner> runner;
+  explicit RunnerFixture(SyncOptions opts) : runner(std::make_unique<SyncRunner>(store, dp, opts, &obs)) {}
+};
+
 const std::string kWebChain = names::serviceChain({"default", "web"}, Protocol::kTCP, "http");
 
 }  // namespace
@@ -126,14 +137,12 @@ TEST_CASE("SyncRunner: nothing is programmed before every source synced both kin
 }
 
 TEST_CASE("SyncRunner: changes are coalesced, partial after full, failures force a full retry") {
-  nft::FakeBackend fake;
-  DataPlane dp(ProxyConfig{}, fake);
-  StateStore store;
-  StateSink& src = store.sink("file");
-  RecordingObserver obs;
-  SyncOptions opts;
-  opts.initialBackoff = 20ms;
-  SyncRunner runner(store, dp, opts, &obs);
+  RunnerFixture fx(SyncOptions{.initialBackoff = 20ms});
+  nft::FakeBackend& fake = fx.fake;
+  StateStore& store = fx.store;
+  StateSink& src = fx.src;
+  RecordingObserver& obs = fx.obs;
+  SyncRunner& runner = *fx.runner;
   src.upsertService(web());
   src.upsertSlice(webSlice({endpoint("198.18.1.11")}));
   syncAll(src);
@@ -173,14 +182,10 @@ TEST_CASE("SyncRunner: changes are coalesced, partial after full, failures force
 }
 
 TEST_CASE("SyncRunner: requestFullSync and the sync period replace the whole table") {
-  nft::FakeBackend fake;
-  DataPlane dp(ProxyConfig{}, fake);
-  StateStore store;
-  StateSink& src = store.sink("file");
-  RecordingObserver obs;
-  SyncOptions opts;
-  opts.syncPeriod = 100ms;
-  SyncRunner runner(store, dp, opts, &obs);
+  RunnerFixture fx(SyncOptions{.syncPeriod = 100ms});
+  StateSink& src = fx.src;
+  RecordingObserver& obs = fx.obs;
+  SyncRunner& runner = *fx.runner;
   src.upsertService(web());
   syncAll(src);
   runner.start();
