@@ -11,6 +11,7 @@
 
 #include "sluice/dataplane.h"
 #include "sluice/nft/backend.h"
+#include "private_netns.h"
 #include "workload.h"
 
 namespace {
@@ -82,26 +83,7 @@ void BM_EncodeFull(benchmark::State& state) {
 }
 BENCHMARK(BM_EncodeFull)->Apply(servicesLadder);
 
-// Runs `fn(backend)` on a thread inside a fresh, unnamed network namespace.
-template <typename Fn>
-bool inPrivateNetns(benchmark::State& state, Fn&& fn) {
-  std::string error;
-  std::thread t([&] {
-    if (unshare(CLONE_NEWNET) != 0) {
-      error = "unshare(CLONE_NEWNET) failed (needs CAP_SYS_ADMIN)";
-      return;
-    }
-    auto backend = nft::NetlinkBackend::open({});
-    if (!backend) {
-      error = backend.status().toString();
-      return;
-    }
-    fn(**backend);
-  });
-  t.join();
-  if (!error.empty()) state.SkipWithError(error.c_str());
-  return error.empty();
-}
+using bench::inPrivateNetns;
 
 // Desired state → committed in the kernel: target P1 is ≤ 0.5 s at 10 000 × 10.
 void BM_KernelFullSync(benchmark::State& state) {

@@ -633,6 +633,8 @@ class SocketTransport : public NetlinkTransport {
     }
   }
 
+  uint32_t portId() const override { return mnl_socket_get_portid(nl_); }
+
  private:
   int fd() const { return mnl_socket_get_fd(nl_); }
   mnl_socket* nl_ = nullptr;
@@ -661,6 +663,8 @@ std::unique_ptr<NetlinkBackend> NetlinkBackend::withTransport(std::unique_ptr<Ne
 }
 
 NetlinkBackend::~NetlinkBackend() = default;
+
+uint32_t NetlinkBackend::portId() const { return impl_->transport->portId(); }
 
 std::vector<uint8_t> NetlinkBackend::encode(const Transaction& tx, uint32_t seqBase, size_t* messages) {
   auto enc = encodeTx(tx, seqBase);

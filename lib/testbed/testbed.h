@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -357,6 +358,99 @@ class Connection {
   UniqueFd fd_;
   ProbeResult first_;
   std::string pending_;  // bytes read past the last reply line
+};
+
+}  // namespace sluice::testbed
+
+// ---------------------------------------------------------------------------------------------
+// HTTP: a backend with graceful shutdown and a bounded load generator (rolling-update tests)
+
+namespace sluice::testbed {
+
+// A small HTTP/1.1 server (GET only, keep-alive) on its own thread, listening inside a
+// namespace. Every response is "200 OK" with body "<id>\n". Graceful shutdown mirrors what a
+// well-behaved application does on SIGTERM: during the grace period it keeps accepting and
+// serving, but answers every request with `Connection: close` and then closes that connection,
+// so keep-alive clients move on; when the grace period ends the process "exits": the listener
+// and every connection close at once.
+class HttpBackend {
+ public:
+  static Result<std::unique_ptr<HttpBackend>> start(const Netns& ns, IPFamily family,
+                                                    uint16_t port, std::string id);
+  HttpBackend(const HttpBackend&) = delete;
+  HttpBackend& operator=(const HttpBackend&) = delete;
+  ~HttpBackend();  // stop()
+
+  // Begins the graceful shutdown described above (SIGTERM). Idempotent.
+  void terminate(std::chrono::milliseconds gracePeriod);
+  // Closes everything now (SIGKILL, or the end of the grace period). Idempotent.
+  void stop();
+  // The grace period has ended and the server is gone.
+  bool exited() const { return exited_.load(); }
+
+  const std::string& id() const { return id_; }
+  uint16_t port() const { return port_; }
+  uint64_t served() const { return served_.load(); }
+
+ private:
+  HttpBackend(std::string id, UniqueFd socket, UniqueFd wake, uint16_t port);
+  void serve();
+
+  std::string id_;
+  UniqueFd socket_;
+  UniqueFd wake_;
+  uint16_t port_;
+  std::atomic<uint64_t> served_{0};
+  std::atomic<int64_t> exitAtNs_{0};  // steady_clock deadline of the grace period, 0 = running
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> exited_{false};
+  std::thread thread_;
+};
+
+struct HttpLoadOptions {
+  int newConnectionWorkers = 2;  // one connection per request (Connection: close)
+  int keepAliveWorkers = 4;      // long-lived connections, reopened only when the server says so
+  std::chrono::milliseconds requestTimeout{2000};
+  std::chrono::milliseconds pause{2};  // between a worker's requests
+  uint64_t maxRequests = 200000;       // over all workers; the load stops by itself after it
+};
+
+// A bounded HTTP load generator: worker threads inside `from` send GET requests to dst:port
+// until stop() (or maxRequests). A request fails when it cannot connect, is reset, times out,
+// or the connection closes before a complete "200" response; `Connection: close` in a response
+// is honoured (the next request opens a new connection), which is not a failure.
+class HttpLoad {
+ public:
+  static Result<std::unique_ptr<HttpLoad>> start(const Netns& from, const IPAddress& dst,
+                                                 uint16_t port, const HttpLoadOptions& options = {});
+  HttpLoad(const HttpLoad&) = delete;
+  HttpLoad& operator=(const HttpLoad&) = delete;
+  ~HttpLoad();  // stop()
+  void stop();  // idempotent; joins the workers
+
+  struct Stats {
+    uint64_t ok = 0;
+    uint64_t failed = 0;
+    uint64_t connections = 0;           // connections opened
+    std::map<std::string, uint64_t> byBackend;
+    std::vector<std::string> failures;  // the first few, with the reason
+  };
+  Stats stats() const;
+
+ private:
+  HttpLoad() = default;
+  void record(bool ok, const std::string& backendOrError);
+  void work(bool keepAlive);
+
+  std::string netnsPath_;
+  IPAddress dst_;
+  uint16_t port_ = 0;
+  HttpLoadOptions options_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> issued_{0};
+  mutable std::mutex mu_;
+  Stats stats_;
+  std::vector<std::thread> workers_;
 };
 
 }  // namespace sluice::testbed

@@ -38,6 +38,9 @@ class NetlinkTransport {
   virtual Result<size_t> receive(uint8_t* buf, size_t cap, int timeoutMs) = 0;
   // Called before a batch of `batchBytes` expecting `replies` replies, to size socket buffers.
   virtual void reserve(size_t batchBytes, size_t replies) { (void)batchBytes, (void)replies; }
+  // The socket's netlink port id (0 if it has none): the kernel stamps it on the ruleset
+  // notifications a batch causes, which is how a drift monitor tells its own commits apart.
+  virtual uint32_t portId() const { return 0; }
 };
 
 // The kernel backend on libnftnl + libmnl. Not thread-safe; one per owner.
@@ -56,6 +59,8 @@ class NetlinkBackend : public Backend {
     size_t acks = 0;      // replies drained
   };
   const Stats& lastStats() const { return stats_; }
+  // Netlink port id of the socket batches are sent on (see NetlinkTransport::portId).
+  uint32_t portId() const;
 
   // Encodes `tx` into a batch without sending it (for benchmarks and encoding tests).
   // Returns the batch bytes; `seqBase` is the first sequence number used.

@@ -1,0 +1,125 @@
+// sluice/sync_runner.h — the bounded loop that turns desired-state changes into kernel commits.
+//
+// SyncRunner wakes when the StateStore changes, coalesces everything that arrived meanwhile
+// into one DataPlane::sync(), and keeps the table honest:
+//  - minSyncPeriod: at most one sync per period (0 = as fast as changes come; changes that
+//    arrive while a sync runs are coalesced into the next one);
+//  - syncPeriod: a full sync (whole-table replacement, which also repairs anything edited
+//    behind sluice's back) at least this often;
+//  - a failed transaction makes the next sync full and is retried with exponential backoff;
+//  - nothing is programmed before the store is ready (every source synced both kinds).
+// After each successful commit the CommitListeners (drain tracker, UDP conntrack cleanup) see
+// the committed state, under the store's lock, on the runner's thread.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "sluice/dataplane.h"
+#include "sluice/state_store.h"
+
+namespace sluice {
+
+struct SyncOptions {
+  std::chrono::milliseconds minSyncPeriod{0};
+  std::chrono::milliseconds syncPeriod{std::chrono::seconds(30)};  // periodic full sync
+  std::chrono::milliseconds initialBackoff{100};  // after the first failure; doubles each time
+  std::chrono::milliseconds maxBackoff{std::chrono::seconds(30)};
+};
+
+// One finished sync attempt, for metrics.
+struct SyncReport {
+  Status status;
+  bool full = false;
+  std::chrono::nanoseconds duration{0};  // plan + apply
+  size_t operations = 0;
+  size_t servicesPlanned = 0;
+};
+
+// Metrics hooks; called on the runner's thread (or syncOnce()'s caller). Keep them cheap.
+class SyncObserver {
+ public:
+  virtual ~SyncObserver() = default;
+  virtual void onSync(const SyncReport& report) { (void)report; }
+  // Time from the oldest change a successful sync carried arriving in the store to its commit
+  // (kube-proxy's network_programming_duration).
+  virtual void onProgrammingLatency(std::chrono::nanoseconds latency) { (void)latency; }
+};
+
+// What a successful commit changed.
+struct CommitInfo {
+  const Snapshot& snapshot;
+  const Planner& planner;           // its mirror is now what the kernel has
+  const std::set<ObjectName>& changed;  // Services re-planned (all of them after a full sync)
+  bool full = false;
+};
+
+class CommitListener {
+ public:
+  virtual ~CommitListener() = default;
+  // Runs under the store's lock: copy what is needed and return quickly; do I/O elsewhere.
+  virtual void afterCommit(const CommitInfo& info) = 0;
+};
+
+class SyncRunner {
+ public:
+  // `store` and `dataplane` must outlive the runner; `observer` may be null.
+  SyncRunner(StateStore& store, DataPlane& dataplane, SyncOptions options = {},
+             SyncObserver* observer = nullptr);
+  ~SyncRunner();  // stop()
+  SyncRunner(const SyncRunner&) = delete;
+  SyncRunner& operator=(const SyncRunner&) = delete;
+
+  // Listeners must outlive the runner; add them before start().
+  void addListener(CommitListener* listener);
+
+  // Starts the loop on its own thread and hooks the store's change callback. Idempotent.
+  void start();
+  // Stops the loop and waits for a sync in progress to finish. Idempotent. The table stays
+  // as it is: a restarted agent adopts it (see docs/design.md §9).
+  void stop();
+
+  // One sync now, on the caller's thread (tests, single-threaded agents): FailedPrecondition
+  // if the store is not ready yet, else the sync's status. Must not be mixed with start().
+  Status syncOnce();
+
+  // Makes the next sync full and wakes the loop (drift monitor, admin request). Thread-safe.
+  void requestFullSync();
+  // Wakes the loop for a partial sync (the store's change callback does this).
+  void wake();
+
+  struct Stats {
+    uint64_t syncs = 0;
+    uint64_t fullSyncs = 0;
+    uint64_t failures = 0;
+    std::optional<std::chrono::system_clock::time_point> lastSuccess;
+  };
+  Stats stats() const;
+
+ private:
+  void loop();
+  // The sync itself; fills `report`. Returns the sync's status.
+  Status runSync(SyncReport& report);
+
+  StateStore& store_;
+  DataPlane& dataplane_;
+  SyncOptions options_;
+  SyncObserver* observer_;
+  std::vector<CommitListener*> listeners_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool pending_ = true;  // a change (or the first sync) waits
+  bool fullRequested_ = false;
+  bool stopping_ = false;
+  Stats stats_;
+  std::thread thread_;
+};
+
+}  // namespace sluice
