@@ -23,6 +23,11 @@ std::string endpointName(const ServicePortRef& sp, const EndpointAddr& ep) {
                      protocolName(sp.protocol), ep.first.toString(), ep.second);
 }
 
+// A flow that carries no more data: TIME_WAIT/CLOSE (Flow::tcpClosed) or LAST_ACK, where both
+// sides have sent their FIN and only the last ACK is missing (conntrack keeps such an entry
+// for 30 s when that ACK is lost, e.g. because the endpoint's process exited meanwhile).
+bool flowOver(const conntrack::Flow& f) { return f.tcpClosed() || f.tcpState == "LAST_ACK"; }
+
 }  // namespace
 
 std::set<Frontend> serviceFrontends(const Service& svc, const ServicePort& port, IPFamily family) {
@@ -248,7 +253,7 @@ Status DrainTracker::countAndFinish() {
   std::vector<size_t> live(targets.size(), 0);
   for (const auto& f : *flows) {
     auto it = byReplySrc.find({f.reply.src, f.reply.srcPort, f.proto()});
-    if (it == byReplySrc.end() || f.tcpClosed()) continue;
+    if (it == byReplySrc.end() || flowOver(f)) continue;
     for (size_t i : it->second)
       if (frontendMatches(targets[i].frontends, f)) ++live[i];
   }

@@ -8,9 +8,9 @@
 // least once), which source address they saw (the client's, or the node's after masquerade),
 // and whether a refused connection fails at once (reject) or times out (drop, 300 ms).
 //
-// Probabilistic assertions: a check expecting n ≤ 3 backends sends 36 connections; the chance
-// that a uniform choice misses one is ≤ 3·(2/3)^36 < 1e-6. Affinity waits for a new choice for
-// at most 14 timeouts: (1/3)^14 < 1e-6 for three backends.
+// Probabilistic assertions: a check expecting several backends (two in the table) sends 36
+// connections; the chance that a uniform choice misses one is 2·(1/2)^36 < 1e-10. Affinity waits
+// for a new choice for at most 14 timeouts: (1/3)^14 < 1e-6 with three backends.
 #include <doctest/doctest.h>
 
 #include <chrono>

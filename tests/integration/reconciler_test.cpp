@@ -405,9 +405,17 @@ void rollingUpdate(Agent& agent, std::vector<std::unique_ptr<HttpBackend>>& pods
   REQUIRE_MESSAGE(pod.isOk(), pod.status().toString());
   pods[to] = std::move(pod).value();
   agent.publish({{from}, {to}});
-  std::this_thread::sleep_for(200ms);
+  agent.settle();
+  std::this_thread::sleep_for(100ms);
+  // preStop: the pod waits until the node has acted on the endpoint change (here: the drain
+  // tracker started draining it, or — draining disabled — deleted its flows, which on a loaded
+  // machine can take a while when thousands of closed entries go with them), then a bit longer.
+  auto acted = [&] { return agent.drain->stats().started + agent.drain->stats().flowsDeleted; };
+  const auto before = acted();
   agent.publish({{from, false, true, true}, {to}});
-  std::this_thread::sleep_for(150ms);  // preStop
+  for (int i = 0; i < 300 && acted() == before; ++i) std::this_thread::sleep_for(10ms);
+  REQUIRE(acted() > before);
+  std::this_thread::sleep_for(150ms);
   pods[from]->terminate(600ms);
   std::this_thread::sleep_for(300ms);
   agent.publish({{to}});
@@ -438,6 +446,10 @@ RollingResult rollingUpdates(bool drainEnabled) {
   for (int i = 1; i < 4; ++i) rollingUpdate(agent, pods, *topo, i, i + 1);
   std::this_thread::sleep_for(200ms);
   (*load)->stop();
+  // The last old pod has exited; its drain ends at the tracker's next count.
+  for (int i = 0; i < 100 && !agent.drain->draining().empty(); ++i) std::this_thread::sleep_for(20ms);
+  for (const auto& d : agent.drain->draining())
+    MESSAGE("still draining " << d.ip.toString() << " with " << d.liveFlows << " live flows");
   auto stats = (*load)->stats();
   MESSAGE(std::string(drainEnabled ? "draining on" : "draining off") << ": ok=" << stats.ok
                                                                       << " failed=" << stats.failed
