@@ -177,7 +177,7 @@ std::vector<Problem> ServiceHealthServers::update(const std::map<ObjectName, Ser
       }
       inst->servers.push_back(std::move(server));
     }
-    if (!failed) {
+    if (failed.isOk()) {
       spdlog::info("healthcheck: serving Service {} on node port {}", id.toString(), want.nodePort);
       instances_.emplace(id, std::move(inst));
     } else {

@@ -303,7 +303,12 @@ Status HttpServer::start() {
   });
   if (!ns) return ns.withContext("http server");
   const std::string where = formatEndpoint(address, options_.port);
-  if (ec) return Status::fromErrno(ec.value(), fmt::format("http server {}: {}: {}", where, step, ec.message()));
+  if (ec) {
+    const std::string message = fmt::format("http server {}: {}: {}", where, step, ec.message());
+    // A port taken by another process is the one failure callers act on (report, retry later).
+    if (ec.value() == EADDRINUSE) return Status(Code::kAlreadyExists, message, EADDRINUSE);
+    return Status::fromErrno(ec.value(), message);
+  }
 
   auto local = acceptor->local_endpoint(ec);
   impl_->boundPort = ec ? 0 : local.port();
