@@ -60,26 +60,22 @@ std::vector<double> linearBuckets(double start, double width, int count) {
   return out;
 }
 
-std::string escapeHelp(const std::string& text) {
+namespace {
+// The text format escapes backslash and newline everywhere, double quotes only in label values.
+std::string escapeText(const std::string& text, bool quotes) {
   std::string out;
   for (char c : text) {
     if (c == '\\') out += "\\\\";
     else if (c == '\n') out += "\\n";
+    else if (quotes && c == '"') out += "\\\"";
     else out += c;
   }
   return out;
 }
+}  // namespace
 
-std::string escapeLabelValue(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '"') out += "\\\"";
-    else if (c == '\n') out += "\\n";
-    else out += c;
-  }
-  return out;
-}
+std::string escapeHelp(const std::string& text) { return escapeText(text, false); }
+std::string escapeLabelValue(const std::string& text) { return escapeText(text, true); }
 
 std::string formatValue(double value) {
   if (std::isnan(value)) return "NaN";

@@ -62,32 +62,22 @@ Apply stringField(std::string ProxyOptions::*field) {
   };
 }
 
-Apply boolField(bool ProxyOptions::*field) {
-  return [field](ProxyOptions& o, const std::string& v) -> Status {
-    auto b = parseBool(v);
-    if (!b) return b.status();
-    o.*field = *b;
+// A field set from what `parse` makes of the text; the parser's error is passed on.
+template <typename T, typename Parse>
+Apply parsedField(T ProxyOptions::*field, Parse parse) {
+  return [field, parse](ProxyOptions& o, const std::string& v) -> Status {
+    auto parsed = parse(v);
+    if (!parsed) return parsed.status();
+    o.*field = std::move(parsed).value();
     return Status::ok();
   };
 }
 
+Apply boolField(bool ProxyOptions::*field) { return parsedField(field, parseBool); }
 Apply durationField(std::chrono::nanoseconds ProxyOptions::*field) {
-  return [field](ProxyOptions& o, const std::string& v) -> Status {
-    auto d = parseDuration(v);
-    if (!d) return d.status();
-    o.*field = *d;
-    return Status::ok();
-  };
+  return parsedField(field, [](const std::string& v) { return parseDuration(v); });
 }
-
-Apply cidrsField(std::vector<IPPrefix> ProxyOptions::*field) {
-  return [field](ProxyOptions& o, const std::string& v) -> Status {
-    auto c = parseCIDRs(v);
-    if (!c) return c.status();
-    o.*field = *c;
-    return Status::ok();
-  };
-}
+Apply cidrsField(std::vector<IPPrefix> ProxyOptions::*field) { return parsedField(field, parseCIDRs); }
 
 Apply listField(std::vector<std::string> ProxyOptions::*field) {
   return [field](ProxyOptions& o, const std::string& v) {

@@ -113,6 +113,15 @@ Status Daemon::openPlanes() {
 }
 
 Status Daemon::startServers() {
+  // First: the status page (served as soon as the admin server starts) reads it.
+  ServiceHealthOptions ho;
+  // One socket for both families when IPv6 is programmed ("::" accepts IPv4 too while
+  // net.ipv6.bindv6only is 0, the default); IPv4 only otherwise, so a kernel without IPv6 works.
+  bool v6 = false;
+  for (const auto& p : planes_) v6 = v6 || p->cfg.family == IPFamily::kV6;
+  ho.addresses = {v6 ? "::" : "0.0.0.0"};
+  ho.netns = options_.netns;
+  healthChecks_ = std::make_unique<ServiceHealthServers>(ho, &health_, &metrics_);
   HttpRouteOptions admin;
   admin.bearerToken = adminToken_;
   if (!options_.healthzBindAddress.empty()) {
@@ -150,14 +159,6 @@ Status Daemon::startServers() {
     spdlog::info("admin: serving /metrics, /status, / on {}{}", adminServer_->boundAddress(),
                  adminToken_.empty() ? "" : " (bearer token required)");
   }
-  ServiceHealthOptions ho;
-  // One socket for both families when IPv6 is programmed ("::" accepts IPv4 too while
-  // net.ipv6.bindv6only is 0, the default); IPv4 only otherwise, so a kernel without IPv6 works.
-  bool v6 = false;
-  for (const auto& p : planes_) v6 = v6 || p->cfg.family == IPFamily::kV6;
-  ho.addresses = {v6 ? "::" : "0.0.0.0"};
-  ho.netns = options_.netns;
-  healthChecks_ = std::make_unique<ServiceHealthServers>(ho, &health_, &metrics_);
   return Status::ok();
 }
 
