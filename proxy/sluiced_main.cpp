@@ -1,0 +1,74 @@
+// sluiced — sluice's node proxy daemon, a kube-proxy replacement on nftables.
+//
+// This file only turns the command line into ProxyOptions: the flag table, the config file
+// format and the checks live in the library (sluice/proxy_options.h).
+#include <iostream>
+#include <map>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "sluice/logging.h"
+#include "sluice/proxy_metrics.h"
+#include "sluiced.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"sluiced: service proxy for Linux nodes (kube-proxy replacement on nftables).\n"
+               "Flags given on the command line override the --config file, which overrides the defaults.\n"
+               "Signals: SIGTERM/SIGINT stop and leave the rules in place; SIGHUP reloads the configuration.",
+               "sluiced"};
+  app.set_version_flag("--version", std::string("sluiced ") + sluice::ProxyMetrics::version());
+  app.get_formatter()->column_width(42);
+
+  // Every flag is taken as text and handed to the library's parser in command-line order, so
+  // an error names the flag exactly as the library reports it.
+  std::map<std::string, std::string> values;
+  std::map<std::string, bool> bools;
+  std::vector<std::pair<const sluice::FlagSpec*, CLI::Option*>> registered;
+  for (const sluice::FlagSpec& spec : sluice::proxyFlags()) {
+    std::string help = spec.help;
+    if (!spec.configField.empty()) help += " [config: " + spec.configField + "]";
+    if (!spec.defaultText.empty()) help += " (default " + spec.defaultText + ")";
+    CLI::Option* opt;
+    if (spec.valueName.empty()) {
+      opt = app.add_flag(spec.flag, bools[spec.flag], help);
+    } else {
+      opt = app.add_option(spec.flag, values[spec.flag], help)->type_name(spec.valueName);
+    }
+    registered.emplace_back(&spec, opt);
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "sluiced: " << e.what() << "\nRun sluiced --help for the flags.\n";
+    return sluiced::kExitUsage;
+  }
+
+  std::vector<std::pair<std::string, std::string>> given;
+  for (const auto& [spec, opt] : registered) {
+    if (opt->count() == 0) continue;
+    given.emplace_back(spec->flag, spec->valueName.empty() ? (bools[spec->flag] ? "true" : "false") : values[spec->flag]);
+  }
+
+  std::vector<std::string> warnings;
+  auto options = sluice::resolveOptions(given, &warnings);
+  if (!options) {
+    std::cerr << "sluiced: invalid configuration:\n" << options.status().message() << "\n";
+    return sluiced::kExitUsage;
+  }
+  if (sluice::Status st = sluice::setupLogging(options->logFormat, options->logLevel); !st) {
+    std::cerr << "sluiced: " << st.message() << "\n";
+    return sluiced::kExitUsage;
+  }
+  for (const std::string& w : warnings) spdlog::warn("config: {}", w);
+
+  if (options->cleanup) return sluiced::runCleanup(*options);
+  return sluiced::runDaemon(std::move(options).value(), std::move(given));
+}

@@ -1,0 +1,197 @@
+// Real-kernel tests of the daemon's parts: sluiced run against a throw-away network namespace
+// (its netlink sockets and every HTTP server live there), and health-check node ports served
+// inside a namespace. Needs root; the root namespace's nftables are never touched.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "../unit/http_client.h"
+#include "sluice/healthcheck.h"
+#include "testbed.h"
+
+extern char** environ;
+
+using namespace sluice;
+using namespace sluice::testbed;
+using namespace std::chrono_literals;
+
+namespace {
+
+// sluiced as a child process, killed (SIGKILL, by pid) if a test leaves it running.
+class Child {
+ public:
+  explicit Child(const std::vector<std::string>& args) {
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    if (posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ) != 0) pid_ = -1;
+  }
+  ~Child() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  pid_t pid() const { return pid_; }
+  // Exit code, or -1 if it did not exit within `timeout` (or died from a signal).
+  int wait(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      pid_t r = ::waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    return -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+std::optional<testing::RawResponse> getIn(const Netns& ns, uint16_t port, const std::string& path) {
+  return testing::httpGet(port, path, "", "127.0.0.1", ns.path());
+}
+
+// Polls until `path` answers (the daemon is up), at most `timeout`.
+std::optional<testing::RawResponse> waitFor(const Netns& ns, uint16_t port, const std::string& path,
+                                            std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (auto r = getIn(ns, port, path)) return r;
+    std::this_thread::sleep_for(50ms);
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+TEST_CASE("sluiced: serves health, metrics and status in its netns; SIGTERM keeps the rules; --cleanup removes them") {
+  auto ns = Netns::create("sluiced");
+  REQUIRE(ns);
+  const std::string netns = ns->path();
+  const std::vector<std::string> common = {SLUICED_PATH, "--netns", netns, "--source", "file:/nonexistent/services.yaml",
+                                           "--hostname-override", "node-1"};
+  std::vector<std::string> args = common;
+  for (const char* a : {"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249",
+                        "--sync-period", "1s", "--min-sync-period", "100ms"})
+    args.push_back(a);
+  Child daemon(args);
+  REQUIRE(daemon.pid() > 0);
+
+  auto healthz = waitFor(*ns, 10256, "/healthz", 10s);
+  REQUIRE(healthz);
+  CHECK(healthz->status == 200);
+  CHECK(healthz->header("x-content-type-options") == "nosniff");
+  CHECK(nlohmann::json::parse(healthz->body)["nodeEligible"] == true);
+  auto livez = getIn(*ns, 10256, "/livez");
+  REQUIRE(livez);
+  CHECK(livez->status == 200);
+  // The admin server is only on the metrics address; the healthz server has no /metrics.
+  CHECK(getIn(*ns, 10256, "/metrics")->status == 404);
+
+  // The first sync committed both tables in the namespace (not in ours).
+  auto tables = execIn(*ns, {"nft", "list", "tables"});
+  REQUIRE(tables);
+  CHECK(tables->find("table ip sluice") != std::string::npos);
+  CHECK(tables->find("table ip6 sluice") != std::string::npos);
+
+  auto metrics = getIn(*ns, 10249, "/metrics");
+  REQUIRE(metrics);
+  CHECK(metrics->status == 200);
+  CHECK(metrics->header("content-type") == "text/plain; version=0.0.4; charset=utf-8");
+  CHECK(metrics->body.find("kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1") != std::string::npos);
+  CHECK(metrics->body.find("kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv6\"}") != std::string::npos);
+  CHECK(metrics->body.find("kubeproxy_proxy_healthz_total{code=\"200\"} 1") != std::string::npos);
+
+  auto status = getIn(*ns, 10249, "/status");
+  REQUIRE(status);
+  auto j = nlohmann::json::parse(status->body);
+  CHECK(j["nodeName"] == "node-1");
+  CHECK(j["netns"] == netns);
+  REQUIRE(j["families"].size() == 2);
+  CHECK(j["families"][0]["lastOk"] == true);
+  CHECK(j["families"][0]["lastFull"] == true);
+  auto page = getIn(*ns, 10249, "/");
+  REQUIRE(page);
+  CHECK(page->header("content-type") == "text/html; charset=utf-8");
+  CHECK(page->body.find("<h1>sluiced on node-1</h1>") != std::string::npos);
+
+  // SIGHUP reloads and keeps serving.
+  REQUIRE(::kill(daemon.pid(), SIGHUP) == 0);
+  std::this_thread::sleep_for(200ms);
+  CHECK(getIn(*ns, 10256, "/healthz")->status == 200);
+
+  // The periodic sync runs (sync period 1 s): a second, partial sync shows up.
+  std::this_thread::sleep_for(1300ms);
+  auto later = getIn(*ns, 10249, "/metrics");
+  REQUIRE(later);
+  CHECK(later->body.find("kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}") != std::string::npos);
+
+  REQUIRE(::kill(daemon.pid(), SIGTERM) == 0);
+  CHECK(daemon.wait(5s) == 0);
+  CHECK_FALSE(getIn(*ns, 10256, "/healthz"));  // servers are gone
+  tables = execIn(*ns, {"nft", "list", "tables"});
+  REQUIRE(tables);
+  CHECK(tables->find("table ip sluice") != std::string::npos);  // rules stay in place
+
+  std::vector<std::string> cleanupArgs = common;
+  cleanupArgs.push_back("--cleanup");
+  Child cleanup(cleanupArgs);
+  CHECK(cleanup.wait(10s) == 0);
+  tables = execIn(*ns, {"nft", "list", "tables"});
+  REQUIRE(tables);
+  CHECK(tables->find("sluice") == std::string::npos);
+}
+
+TEST_CASE("sluiced: a taken healthz port is a runtime failure (exit 1) naming the flag") {
+  auto ns = Netns::create("sluiced-busy");
+  REQUIRE(ns);
+  HttpServerOptions o;
+  o.address = "127.0.0.1";
+  o.port = 10256;
+  o.netns = ns->path();
+  HttpServer squatter(o);
+  squatter.route("GET", "/", [](const HttpRequest&) { return HttpResponse::text(200, "x"); });
+  REQUIRE(squatter.start().isOk());
+  Child daemon({SLUICED_PATH, "--netns", ns->path(), "--source", "file:/nonexistent", "--healthz-bind-address",
+                "127.0.0.1:10256", "--metrics-bind-address", ""});
+  CHECK(daemon.wait(10s) == 1);
+}
+
+TEST_CASE("health-check node ports listen inside the node namespace") {
+  auto ns = Netns::create("hc");
+  REQUIRE(ns);
+  ServiceHealthOptions o;
+  o.addresses = {"0.0.0.0"};
+  o.netns = ns->path();
+  ServiceHealthServers servers(o);
+  const ObjectName web{"default", "web"};
+  REQUIRE(servers.update({{web, {30999, 3}}}).empty());
+
+  auto r = getIn(*ns, 30999, "/");
+  REQUIRE(r);
+  CHECK(r->status == 200);
+  CHECK(r->header("x-load-balancing-endpoint-weight") == "3");
+  CHECK(nlohmann::json::parse(r->body)["localEndpoints"] == 3);
+
+  // Not in this (the test's) namespace: either nothing listens there, or someone else does.
+  if (auto here = testing::httpGet(30999, "/")) CHECK(here->body.find("localEndpoints") == std::string::npos);
+
+  REQUIRE(servers.update({{web, {30999, 0}}}).empty());
+  CHECK(getIn(*ns, 30999, "/")->status == 503);
+  servers.stop();
+  CHECK_FALSE(getIn(*ns, 30999, "/"));
+}
