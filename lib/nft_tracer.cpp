@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <set>
 #include <memory>
 #include <typeinfo>
 #include <tuple>
@@ -67,6 +68,7 @@ struct Run {
   TraceOutcome out;
   bool dnatDone = false, snatDone = false;
   bool natSettled = false;  // looped back: no nat chain runs again for this connection
+  std::map<std::string, std::set<Bytes>> updated;  // keys `update @set` added during this run
   // numgen values: the first `prefix.size()` are given, later ones start at 0.
   std::vector<uint32_t> prefix, drawn, mods;
 };
@@ -83,6 +85,8 @@ struct ChainExit {
 };
 
 enum class ExprResult { kNext, kBreak, kVerdict };
+
+const Element kUpdatedElement{};  // what a lookup finds for a key `update` added in this run
 
 class Tracer {
  public:
@@ -396,7 +400,7 @@ class Tracer {
     return store(regs, e.dreg, tmp.data(), e.len);
   }
 
-  Status eval(Run&, const FakeBackend::TableState& table, const Rule& rule, const Lookup& e, Regs& regs,
+  Status eval(Run& r, const FakeBackend::TableState& table, const Rule& rule, const Lookup& e, Regs& regs,
               RuleEval& ev, ExprResult& res) {
     const Set* set = nullptr;
     const Element* found = nullptr;
@@ -425,6 +429,10 @@ class Tracer {
       if (Status st = readKey(); !st) return st;
       auto it = s->second.elements.find(key);
       if (it != s->second.elements.end()) found = &it->second;
+      if (!found && !set->isMap()) {
+        auto up = r.updated.find(e.set);
+        if (up != r.updated.end() && up->second.count(key)) found = &kUpdatedElement;
+      }
     }
     const std::string shownKey = formatValue(set->key, key);
     if (!e.dreg) {  // plain set membership
@@ -530,6 +538,38 @@ class Tracer {
     ev.add("reject with " + ev.reject->toString());
     res = ExprResult::kVerdict;
     return Status::ok();
+  }
+
+  // `update @set { key }`: the key is in the set from now on (for this packet's later lookups;
+  // the trace describes the first packet of a connection, so the set held what the fake holds).
+  Status eval(Run& r, const FakeBackend::TableState& table, const Rule&, const Dynset& e, Regs& regs, RuleEval& ev,
+              ExprResult&) {
+    auto s = table.sets.find(e.set);
+    if (s == table.sets.end()) return badRuleset("update of unknown set " + e.set);
+    const Set& set = s->second.set;
+    if (set.isMap()) return cannotTrace("update of map " + e.set);
+    auto src = reg(regs, e.sregKey, set.keyLen());
+    if (!src) return src.status();
+    Bytes key(*src, *src + set.keyLen());
+    r.updated[e.set].insert(key);
+    ev.add(fmt::format("@{} ∋ {}", e.set, formatValue(set.key, key)));
+    return Status::ok();
+  }
+
+  // fib saddr/daddr type: local when the address is one of the node's (TracePacket), else unicast.
+  Status eval(Run& r, const FakeBackend::TableState&, const Rule&, const Fib& e, Regs& regs, RuleEval& ev,
+              ExprResult&) {
+    constexpr uint32_t kFibFlagDaddr = 2, kRtnUnicast = 1;
+    if (e.result != kFibResultAddrType || (e.flags != kFibFlagSaddr && e.flags != kFibFlagDaddr))
+      return cannotTrace(fmt::format("fib result {} with flags {:#x}", e.result, e.flags));
+    const bool source = e.flags == kFibFlagSaddr;
+    const IPAddress& addr = source ? r.pkt.saddr : r.pkt.daddr;
+    const auto& own = packet_.localAddresses;
+    bool local = std::find(own.begin(), own.end(), addr) != own.end();
+    if (source) local = local || (packet_.entry == Entry::kOutput && addr == packet_.saddr);
+    else local = local || (!r.dnatDone && packet_.daddrLocal);
+    ev.add(fmt::format("fib {} type {}", source ? "saddr" : "daddr", local ? "local" : "unicast"));
+    return storeU32(regs, e.dreg, local ? kRtnLocal : kRtnUnicast);
   }
 
   Status eval(Run&, const FakeBackend::TableState&, const Rule&, const Counter&, Regs&, RuleEval&, ExprResult&) {

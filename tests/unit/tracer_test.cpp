@@ -483,3 +483,42 @@ TEST_CASE("tracer: meta iifname is the packet's input interface; empty for local
   p.iifname.clear();
   CHECK(trace(fake, p).status().code() == Code::kUnimplemented);
 }
+
+TEST_CASE("tracer: fib address type and dynamic set updates (session affinity)") {
+  Set aff{kT, "aff", {DataType::kIPv4Addr}, {}, kSetTimeout | kSetEval, "", {}};
+  FakeBackend fake = build({aff}, {
+      RuleBuilder(kT, "fwd").fibSaddrLocal().verdict(VerdictCode::kDrop).build(),
+      RuleBuilder(kT, "fwd").updateSaddr("aff").build(),
+      RuleBuilder(kT, "fwd").saddrInSet("aff").verdict(VerdictCode::kAccept).build(),
+      rule("fwd", {verdict(VerdictCode::kDrop)}, "drop"),
+  });
+  TracePacket p = tcp("198.18.2.5", "198.18.3.5", 80);
+  Trace t = mustTrace(fake, p);
+  CHECK(t.disposition() == Disposition::kAccepted);  // the update is seen by the next lookup
+  CHECK(mentions(t.outcomes[0], "@aff ∋ 198.18.2.5"));
+  CHECK(mentions(t.outcomes[0], "fwd[2]: ip saddr @aff accept"));
+  p.localAddresses = {ip("198.18.2.5")};  // now the source is one of the node's addresses
+  Trace local = mustTrace(fake, p);
+  CHECK(local.disposition() == Disposition::kDropped);
+  CHECK(mentions(local.outcomes[0], "fib saddr type local"));
+}
+
+TEST_CASE("tracer: the planner's ClientIP affinity chain reaches every endpoint with equal probability") {
+  FakeBackend fake;
+  DataPlane dp(config(), fake);
+  Snapshot s;
+  Service svc = clusterIPService("default", "sticky", "198.19.0.20", {{"http", Protocol::kTCP, 80, 0}});
+  svc.sessionAffinity = SessionAffinity::kClientIP;
+  s.upsertService(svc);
+  s.upsertSlice(slice("default", "sticky-1", "sticky", {{"http", Protocol::kTCP, 8080}},
+                      {endpoint("198.18.1.11", true, true, false, "node-b"), endpoint("198.18.1.12", true, true, false, "node-b"),
+                       endpoint("198.18.1.13", true, true, false, "node-b")}));
+  REQUIRE(dp.sync(s).status.isOk());
+  Trace t = mustTrace(fake, tcp("198.18.2.5", "198.19.0.20", 80));
+  CHECK(t.dnatTargets() ==
+        std::set<NatTarget>{target("198.18.1.11", 8080), target("198.18.1.12", 8080), target("198.18.1.13", 8080)});
+  for (const auto& o : t.outcomes) {
+    CHECK(o.probability == doctest::Approx(1.0 / 3));
+    CHECK(mentions(o, "∋ 198.18.2.5"));  // the client is recorded for the next connection
+  }
+}

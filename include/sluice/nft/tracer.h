@@ -3,7 +3,7 @@
 // masqueraded or not, and which rules decided that.
 //
 // The tracer runs the kernel expressions of the IR (payload, meta, cmp, bitwise, lookup,
-// immediate, numgen, ct, nat, masq, reject, counter) on registers laid out as nf_tables lays
+// immediate, numgen, ct, nat, masq, reject, counter, dynset, fib address type) on registers laid out as nf_tables lays
 // them out, so it follows any ruleset built from those expressions, not only sluice's own
 // layout. Randomness is not sampled: every value a `numgen random` can produce is followed, and
 // the trace lists each distinct outcome with its probability. What the tracer cannot know
