@@ -277,6 +277,18 @@ bool Filter::matches(const Flow& f) const {
   return true;
 }
 
+bool BackendSelector::matches(const Flow& f) const {
+  if (f.family() != backend.family()) return false;
+  if (proto && f.proto() != *proto) return false;
+  if (vip) {
+    if (f.original.dst != *vip) return false;
+    if (vipPort && f.original.dstPort != *vipPort) return false;
+  }
+  // DNATed to the backend or sent to it directly: either way it answers as the reply source.
+  // Flows the backend itself opened (it is the original source) are not its traffic to drain.
+  return f.reply.src == backend;
+}
+
 // ---- client -----------------------------------------------------------------------------
 
 // Two sockets: `query` carries dumps, `control` single requests. A netlink socket can have only

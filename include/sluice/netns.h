@@ -18,4 +18,8 @@ std::string netnsPath(const std::string& spec);
 // and waits for it. The caller's thread never changes namespace.
 Status runInNetns(const std::string& spec, const std::function<void()>& fn);
 
+// Reads a whole file as seen from inside namespace `spec`: /proc/sys/net/... and /proc/net/...
+// resolve against the reading thread's network namespace. NotFound if the file does not exist.
+Result<std::string> readFileInNetns(const std::string& spec, const std::string& path);
+
 }  // namespace sluice
