@@ -49,12 +49,25 @@ Finding natFinding(const NatStatement& st, const std::optional<conntrack::Stats>
                                ? natFlagsText(flags)
                                : "no random flag");
   if (!st.target.empty()) f.evidence += fmt::format(", iptables-nft target {}", st.target);
-  f.evidence +=
-      ". Without NF_NAT_RANGE_PROTO_RANDOM_FULLY (0x10) the kernel first tries to keep the "
-      "client's own source port; it checks only entries that are already confirmed, so two "
-      "clients that connect to the same destination at the same moment from the same source "
-      "port (common: containers share port ranges) are both given that port, and the second "
-      "entry fails to insert and its packet is dropped";
+  if (flags & kNatRangeProtoRandom) {
+    // `random` skips the attempt to keep the client's port. Current kernels then draw the
+    // port at random too (nf_nat_l4proto_unique_tuple: get_random_u16()), but older ones
+    // start from a hash of (SNAT address, destination address, destination port) — the same
+    // for every client of one destination — and walk up from there, so flows racing to the
+    // same destination pick the same port.
+    f.evidence +=
+        ". `random` (0x4) without fully-random (0x10): on older kernels the port search starts "
+        "at a hash of the SNAT address and the destination, identical for every client of one "
+        "destination, so concurrent flows can be given the same port and the later one fails to "
+        "insert; fully-random is the flag whose meaning does not depend on the kernel version";
+  } else {
+    f.evidence +=
+        ". Without NF_NAT_RANGE_PROTO_RANDOM_FULLY (0x10) the kernel first tries to keep the "
+        "client's own source port; it checks only entries that are already confirmed, so two "
+        "clients that connect to the same destination at the same moment from the same source "
+        "port (common: containers share port ranges) are both given that port, and the second "
+        "entry fails to insert and its packet is dropped";
+  }
   if (stats) f.evidence += fmt::format(" (this namespace: {})", counterEvidence(*stats));
   f.evidence += ".";
   if (st.origin == NatStatement::Origin::kXtables) {
