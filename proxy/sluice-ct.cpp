@@ -500,12 +500,12 @@ int runFlush(const Common& c, const FlushArgs& a) {
 struct LabArgs {
   std::string flags = "none";
   int clients = 4;
-  int rounds = 40;
+  int rounds = 20;
   int burst = 4;
   std::string clientPorts = "40000-40003";
   std::string proto = "tcp";
-  int timeoutMs = 700;
-  int slowPathRules = 4000;
+  int timeoutMs = 400;
+  int slowPathRules = 1000;
 };
 
 int runLab(const Common& c, const LabArgs& a) {

@@ -1,6 +1,8 @@
 #include "snat_lab.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -38,10 +40,17 @@ const nft::TableRef kLabTable{nft::Family::kIPv4, "sluice-lab"};
 // only merges entries of the *same* original tuple), so it counts insert_failed and drops the
 // SYN. With fully-random (and, on current kernels, random) the port is drawn at random from
 // 1024-65535 and two racing flows collide only with probability ~1/64512.
-// On a 2-CPU machine the window (a few microseconds) is rarely hit; a chain of
-// never-matching rules between the two hooks stretches it to a few hundred microseconds so
-// that a few hundred connections show the effect every run. It changes how often the race is
-// hit, not its outcome.
+// Making it reproducible on a 2-CPU test machine took two things (measured on 6.18, 4 clients
+// x 4 ports x 20 rounds): (1) each client thread is pinned to its own CPU (pinTo) — unpinned,
+// the scheduler often woke every client on one CPU after the barrier and whole runs showed no
+// failure at all; (2) a chain of never-matching rules between the two hooks, taken by SYNs
+// only, stretches the window from a few microseconds to tens of them. Pinned without the slow
+// path: 1-3 failures per run; with 1000 rules: 4-13; fully-random and random: 0 in every run.
+// The slow path changes how often the race is hit, not its outcome.
+//
+// UDP shows no failures in this lab, and that is expected: a UDP client reusing its port for
+// the same destination reuses the same conntrack entry (same original tuple, no close), so only
+// the first round makes NAT decisions at all.
 nft::Transaction labRuleset(uint32_t natFlags, int slowPathRules, std::string& ruleText) {
   nft::Transaction tx;
   tx.add(nft::Table{kLabTable, ""});
@@ -56,6 +65,22 @@ nft::Transaction labRuleset(uint32_t natFlags, int slowPathRules, std::string& r
   tx.add(std::move(masq));
   if (slowPathRules > 0) {
     tx.add(nft::Chain{kLabTable, "slow-path", nft::BaseHook{"filter", nft::Hook::kPostrouting, 200}});
+    // Only a flow's first packet (a TCP SYN) is NATed and confirmed, so only SYNs take the slow
+    // path; everything else returns at once and the rest of the traffic runs at full speed.
+    nft::Rule notTcp = nft::RuleBuilder(kLabTable, "slow-path").build();
+    notTcp.exprs = {nft::Meta{nft::MetaKey::kL4proto, nft::kReg1},
+                    nft::Cmp{nft::kReg1, nft::CmpOp::kNeq, nft::Bytes{uint8_t(Protocol::kTCP)}},
+                    nft::Immediate{nft::kRegVerdict, {}, nft::Verdict{nft::VerdictCode::kReturn, ""}}};
+    notTcp.text = "meta l4proto != tcp return";
+    tx.add(std::move(notTcp));
+    nft::Rule notSyn = nft::RuleBuilder(kLabTable, "slow-path").build();
+    // tcp flags & (fin|syn|rst|ack) != syn return: byte 13 of the TCP header.
+    notSyn.exprs = {nft::Payload{nft::PayloadBase::kTransport, 13, 1, nft::kReg1},
+                    nft::Bitwise{nft::kReg1, nft::kReg1, 1, nft::Bytes{0x17}, nft::Bytes{0x00}},
+                    nft::Cmp{nft::kReg1, nft::CmpOp::kNeq, nft::Bytes{0x02}},
+                    nft::Immediate{nft::kRegVerdict, {}, nft::Verdict{nft::VerdictCode::kReturn, ""}}};
+    notSyn.text = "tcp flags & (fin | syn | rst | ack) != syn return";
+    tx.add(std::move(notSyn));
     for (int i = 0; i < slowPathRules; ++i) {
       // meta mark & 0xffffffff == 0x5a5a0000+i: never true (nothing sets a mark here).
       tx.add(nft::RuleBuilder(kLabTable, "slow-path").markAndEq(0xffffffff, 0x5a5a0000u + i).build());
@@ -162,6 +187,30 @@ void oneRound(const SnatLabOptions& o, uint16_t serverPort, Tally& tally) {
   tally.add(o.burst, ok, fails);
 }
 
+// The CPUs this process may run on.
+std::vector<int> allowedCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (::sched_getaffinity(0, sizeof set, &set) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+    }
+  }
+  return cpus;
+}
+
+// Pins the calling thread to one CPU. A client's SYN is NATed and confirmed in softirq on the
+// CPU that sent it (veth delivers to the sender's CPU backlog), so clients pinned to
+// different CPUs race through the node truly in parallel; left alone, the scheduler often
+// wakes all of them from the barrier on one CPU, where they cannot race at all.
+void pinTo(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  ::pthread_setaffinity_np(::pthread_self(), sizeof set, &set);
+}
+
 Status validate(const SnatLabOptions& o) {
   if (o.clients < 1 || o.clients > 20) return Status(Code::kInvalidArgument, "clients must be 1..20");
   if (o.rounds < 1 || o.rounds > 1000) return Status(Code::kInvalidArgument, "rounds must be 1..1000");
@@ -221,9 +270,13 @@ Result<SnatLabResult> runSnatLab(const SnatLabOptions& o) {
   std::vector<std::thread> workers;
   std::mutex errMu;
   Status workerError;
-  for (const Netns* ns : clients) {
-    workers.emplace_back([&, ns] {
+  const std::vector<int> cpus = allowedCpus();
+  for (size_t i = 0; i < clients.size(); ++i) {
+    const Netns* ns = clients[i];
+    const int cpu = cpus.empty() ? -1 : cpus[i % cpus.size()];
+    workers.emplace_back([&, ns, cpu] {
       Status s = runInNetns(ns->path(), [&] {
+        if (cpu >= 0) pinTo(cpu);
         for (int r = 0; r < o.rounds; ++r) {
           sync.arrive_and_wait();  // every client starts its burst at the same moment
           oneRound(o, (*server)->port(), tally);

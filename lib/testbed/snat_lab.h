@@ -23,18 +23,18 @@ namespace sluice::testbed {
 struct SnatLabOptions {
   uint32_t natFlags = 0;  // NF_NAT_RANGE_* flags of the node's masquerade statement
   int clients = 4;        // client namespaces, 1..20
-  int rounds = 40;        // bursts; every client opens `burst` connections per round at once
+  int rounds = 20;        // bursts; every client opens `burst` connections per round at once
   int burst = 4;          // parallel connections per client and round (≤ its port range)
   // ip_local_port_range of the clients ("first last"); unset = the kernel's default.
   std::optional<std::pair<uint16_t, uint16_t>> clientPorts = std::pair<uint16_t, uint16_t>{40000, 40003};
   Protocol proto = Protocol::kTCP;  // TCP or UDP
   // How long a client waits for its answer. Below TCP's 1 s initial SYN retransmission, so a
   // SYN the node dropped is a visible failure instead of a 1 s delay.
-  std::chrono::milliseconds timeout{700};
+  std::chrono::milliseconds timeout{400};
   // Rules in a postrouting chain between source NAT (priority 100) and conntrack confirmation
   // (the last postrouting hook). See snat_lab.cpp: they widen the race window so that a
   // 2-CPU test machine shows within seconds what a busy node shows over hours. 0 = none.
-  int slowPathRules = 4000;
+  int slowPathRules = 1000;
 };
 
 struct SnatLabResult {
