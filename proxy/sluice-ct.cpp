@@ -498,21 +498,18 @@ int runFlush(const Common& c, const FlushArgs& a) {
 // ---- lab ------------------------------------------------------------------------------------
 
 struct LabArgs {
+  testbed::SnatLabOptions o;  // the lab's defaults are the flags' defaults
   std::string flags = "none";
-  int clients = 4;
-  int rounds = 20;
-  int burst = 4;
-  std::string clientPorts = "40000-40003";
+  std::string clientPorts = fmt::format("{}-{}", o.clientPorts->first, o.clientPorts->second);
   std::string proto = "tcp";
-  int timeoutMs = 400;
-  int slowPathRules = 1000;
+  int timeoutMs = static_cast<int>(testbed::SnatLabOptions{}.timeout.count());
 };
 
-int runLab(const Common& c, const LabArgs& a) {
+int runLab(const Common& c, LabArgs a) {
   if (!c.netns.empty()) {
     return fail(c, Status(Code::kInvalidArgument, "lab builds its own namespaces; --netns does not apply"));
   }
-  testbed::SnatLabOptions o;
+  testbed::SnatLabOptions& o = a.o;
   if (a.flags == "none") {
     o.natFlags = 0;
   } else if (a.flags == "random") {
@@ -522,13 +519,9 @@ int runLab(const Common& c, const LabArgs& a) {
   } else {
     return fail(c, Status(Code::kInvalidArgument, "--flags: want none, random or fully-random"));
   }
-  o.clients = a.clients;
-  o.rounds = a.rounds;
-  o.burst = a.burst;
   o.timeout = std::chrono::milliseconds(a.timeoutMs);
-  o.slowPathRules = a.slowPathRules;
-  o.proto = a.proto == "udp" ? Protocol::kUDP : Protocol::kTCP;
   if (a.proto != "udp" && a.proto != "tcp") return fail(c, Status(Code::kInvalidArgument, "--proto: tcp or udp"));
+  o.proto = a.proto == "udp" ? Protocol::kUDP : Protocol::kTCP;
   if (a.clientPorts == "default") {
     o.clientPorts.reset();
   } else {
@@ -622,14 +615,14 @@ int main(int argc, char** argv) {
   LabArgs lab;
   auto* l = app.add_subcommand("lab", "reproduce SNAT port collisions in throw-away namespaces");
   l->add_option("--flags", lab.flags, "masquerade flags: none, random, fully-random")->capture_default_str();
-  l->add_option("--clients", lab.clients, "client namespaces (1-20)")->capture_default_str();
-  l->add_option("--rounds", lab.rounds, "bursts")->capture_default_str();
-  l->add_option("--burst", lab.burst, "parallel connections per client and burst")->capture_default_str();
+  l->add_option("--clients", lab.o.clients, "client namespaces (1-20)")->capture_default_str();
+  l->add_option("--rounds", lab.o.rounds, "bursts")->capture_default_str();
+  l->add_option("--burst", lab.o.burst, "parallel connections per client and burst")->capture_default_str();
   l->add_option("--client-ports", lab.clientPorts, "clients' ip_local_port_range FIRST-LAST, or default")
       ->capture_default_str();
   l->add_option("--proto", lab.proto, "tcp or udp")->capture_default_str();
   l->add_option("--timeout-ms", lab.timeoutMs, "client wait per connection")->capture_default_str();
-  l->add_option("--slow-path-rules", lab.slowPathRules,
+  l->add_option("--slow-path-rules", lab.o.slowPathRules,
                 "never-matching rules between NAT and confirmation that widen the race window")
       ->capture_default_str();
 
