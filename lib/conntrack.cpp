@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "nfnl_query.h"
 #include "sluice/netns.h"
 
 namespace sluice::conntrack {
@@ -316,14 +317,7 @@ struct Client::Impl {
       impl->control.reset(nfct_open(CONNTRACK, 0));
       if (!impl->control) err = errno;
     });
-    if (!entered) {
-      if (entered.code() == Code::kPermissionDenied) {
-        return Status(Code::kPermissionDenied,
-                      entered.message() + " (entering a network namespace needs CAP_SYS_ADMIN)",
-                      entered.err());
-      }
-      return entered;
-    }
+    if (!entered) return detail::netnsEntryFailure(entered);
     if (err != 0) return errnoStatus(err, "cannot open conntrack netlink socket", ns);
     return impl;
   }

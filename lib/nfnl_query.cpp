@@ -21,6 +21,12 @@ Status nfnlErrno(int err, const std::string& what, const std::string& netns) {
   return Status::fromErrno(err, fmt::format("{} in {}", what, where));
 }
 
+Status netnsEntryFailure(const Status& entered) {
+  if (entered.code() != Code::kPermissionDenied) return entered;
+  return Status(Code::kPermissionDenied,
+                entered.message() + " (entering a network namespace needs CAP_SYS_ADMIN)", entered.err());
+}
+
 Result<NfnlSocket> NfnlSocket::open(const std::string& netns, std::string what) {
   std::unique_ptr<mnl_socket, MnlSocketCloser> sock;
   int err = 0;
@@ -28,14 +34,7 @@ Result<NfnlSocket> NfnlSocket::open(const std::string& netns, std::string what) 
     sock.reset(mnl_socket_open(NETLINK_NETFILTER));
     if (!sock || mnl_socket_bind(sock.get(), 0, MNL_SOCKET_AUTOPID) < 0) err = errno;
   });
-  if (!entered) {
-    if (entered.code() == Code::kPermissionDenied) {
-      return Status(Code::kPermissionDenied,
-                    entered.message() + " (entering a network namespace needs CAP_SYS_ADMIN)",
-                    entered.err());
-    }
-    return entered;
-  }
+  if (!entered) return netnsEntryFailure(entered);
   if (err != 0) return nfnlErrno(err, fmt::format("cannot open a netlink socket for {}", what), netns);
   return NfnlSocket(std::move(sock), netns, std::move(what));
 }

@@ -49,4 +49,7 @@ class NfnlSocket {
 // PermissionDenied with the capability named, so every sluice-ct command says the same thing.
 Status nfnlErrno(int err, const std::string& what, const std::string& netns);
 
+// The failure of runInNetns() as callers report it: a refused setns() names CAP_SYS_ADMIN.
+Status netnsEntryFailure(const Status& entered);
+
 }  // namespace sluice::detail
