@@ -626,6 +626,11 @@ int main(int argc, char** argv) {
                 "never-matching rules between NAT and confirmation that widen the race window")
       ->capture_default_str();
 
+  // Subcommand help lists only the command's own flags; the shared ones apply to every command.
+  for (CLI::App* sub : app.get_subcommands({})) {
+    sub->footer("Also: --netns NAME|PATH|PID, -o text|json|prom (before or after the command). "
+                "Exit: 0 ok, 1 finding/threshold, 2 error.");
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
