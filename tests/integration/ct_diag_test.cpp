@@ -6,7 +6,9 @@
 // here touches the root namespace's nftables, iptables or conntrack.
 #include <sys/wait.h>
 
+#include <atomic>
 #include <cstdio>
+#include <thread>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -379,6 +381,46 @@ TEST_CASE("sluice-ct binary: versioned JSON, usage errors exit 2, and no CAP_NET
     CHECK(denied.out.find("PermissionDenied") != std::string::npos);
     CHECK(denied.out.find("CAP_NET_ADMIN") != std::string::npos);
   }
+}
+#endif
+
+#ifdef SLUICE_CT_BINARY
+TEST_CASE("sluice-ct watch: exits 1 at the first reading above a threshold, with an NDJSON line saying so") {
+  // `found` rises every time NAT finds the tuple it wanted already taken: two clients using
+  // source port 40000 for the same destination through a masquerade that tries to keep ports.
+  SnatNode n = makeSnatNode(false);
+  const IPAddress ext = Topology::extIP(IPFamily::kV4);
+  Cmd watch;
+  std::thread watcher([&] {
+    watch = shell(fmt::format("{} --netns {} watch --interval 0.3 --count 30 --threshold found=0 -o json",
+                              SLUICE_CT_BINARY, n.topo->node().path()));
+  });
+  testbed::ProbeOptions po;
+  po.localPort = 40000;
+  po.timeout = std::chrono::milliseconds(500);
+  // Bounded: the watch ends by itself after 30 readings (9 s) at the latest.
+  std::atomic<bool> done{false};
+  std::thread traffic([&] {
+    for (int i = 0; i < 40 && !done; ++i) {
+      testbed::probe(n.topo->client(), Protocol::kTCP, ext, n.tcp->port(), po);
+      testbed::probe(n.topo->backend(1), Protocol::kTCP, ext, n.tcp->port(), po);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+  watcher.join();
+  done = true;
+  traffic.join();
+  CHECK(watch.rc == 1);
+  std::string last;
+  std::istringstream ls(watch.out);
+  for (std::string line; std::getline(ls, line);) {
+    if (!line.empty()) last = line;
+  }
+  REQUIRE_FALSE(last.empty());
+  nlohmann::json j = nlohmann::json::parse(last);
+  REQUIRE(j["exceeded"].size() == 1);
+  CHECK(j["exceeded"][0]["counter"] == "found");
+  CHECK(j["rates"]["found"].get<double>() > 0);
 }
 #endif
 
