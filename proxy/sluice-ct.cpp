@@ -9,6 +9,8 @@
 // contradicts its expectation; 2 usage or runtime error.
 #include <sys/utsname.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
