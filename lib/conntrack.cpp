@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "nfnl_query.h"
 #include "sluice/netns.h"
 
 namespace sluice::conntrack {
@@ -277,6 +278,18 @@ bool Filter::matches(const Flow& f) const {
   return true;
 }
 
+bool BackendSelector::matches(const Flow& f) const {
+  if (f.family() != backend.family()) return false;
+  if (proto && f.proto() != *proto) return false;
+  if (vip) {
+    if (f.original.dst != *vip) return false;
+    if (vipPort && f.original.dstPort != *vipPort) return false;
+  }
+  // DNATed to the backend or sent to it directly: either way it answers as the reply source.
+  // Flows the backend itself opened (it is the original source) are not its traffic to drain.
+  return f.reply.src == backend;
+}
+
 // ---- client -----------------------------------------------------------------------------
 
 // Two sockets: `query` carries dumps, `control` single requests. A netlink socket can have only
@@ -304,14 +317,7 @@ struct Client::Impl {
       impl->control.reset(nfct_open(CONNTRACK, 0));
       if (!impl->control) err = errno;
     });
-    if (!entered) {
-      if (entered.code() == Code::kPermissionDenied) {
-        return Status(Code::kPermissionDenied,
-                      entered.message() + " (entering a network namespace needs CAP_SYS_ADMIN)",
-                      entered.err());
-      }
-      return entered;
-    }
+    if (!entered) return detail::netnsEntryFailure(entered);
     if (err != 0) return errnoStatus(err, "cannot open conntrack netlink socket", ns);
     return impl;
   }

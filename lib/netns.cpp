@@ -6,6 +6,8 @@
 
 #include <cctype>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -41,6 +43,28 @@ Status runInNetns(const std::string& spec, const std::function<void()>& fn) {
   t.join();
   ::close(fd);
   return result;
+}
+
+Result<std::string> readFileInNetns(const std::string& spec, const std::string& path) {
+  std::string text;
+  int err = 0;
+  // /proc/net is a link to /proc/self/net, and "self" is the thread-group leader, which never
+  // left its namespace; /proc/thread-self/net follows the reading thread.
+  std::string resolved = path;
+  if (resolved.rfind("/proc/net/", 0) == 0) resolved = "/proc/thread-self/net/" + resolved.substr(10);
+  Status entered = runInNetns(spec, [&] {
+    std::ifstream in(resolved);
+    if (!in) {
+      err = errno != 0 ? errno : ENOENT;
+      return;
+    }
+    std::ostringstream buf;
+    buf << in.rdbuf();
+    text = buf.str();
+  });
+  if (!entered) return entered;
+  if (err != 0) return Status::fromErrno(err, fmt::format("cannot read {}", path));
+  return text;
 }
 
 }  // namespace sluice

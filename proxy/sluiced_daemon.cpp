@@ -284,18 +284,20 @@ NodeStatus Daemon::status() const {
 }
 
 void Daemon::collectConntrackStats() {
-  auto stats = conntrack::readCpuStats(options_.netns);
+  // Read over ctnetlink, the same reader `sluice-ct stats` uses.
+  auto stats = conntrack::readStats(options_.netns);
   if (!stats) {
     if (!conntrackStatsWarned_) spdlog::info("conntrack statistics unavailable: {}", stats.status().toString());
     conntrackStatsWarned_ = true;
     return;
   }
-  for (const conntrack::CpuStats& cpu : *stats) {
+  using conntrack::Counter;
+  for (const conntrack::CpuCounters& cpu : stats->cpus) {
     const std::string id = std::to_string(cpu.cpu);
-    metrics_.conntrackInsertFailed.with({id}).set(static_cast<double>(cpu.get("insert_failed")));
-    metrics_.conntrackDrop.with({id}).set(static_cast<double>(cpu.get("drop")));
-    metrics_.conntrackEarlyDrop.with({id}).set(static_cast<double>(cpu.get("early_drop")));
-    metrics_.conntrackClashResolved.with({id}).set(static_cast<double>(cpu.get("clashres")));
+    metrics_.conntrackInsertFailed.with({id}).set(static_cast<double>(cpu.get(Counter::kInsertFailed)));
+    metrics_.conntrackDrop.with({id}).set(static_cast<double>(cpu.get(Counter::kDrop)));
+    metrics_.conntrackEarlyDrop.with({id}).set(static_cast<double>(cpu.get(Counter::kEarlyDrop)));
+    metrics_.conntrackClashResolved.with({id}).set(static_cast<double>(cpu.get(Counter::kClashResolve)));
   }
 }
 

@@ -113,6 +113,19 @@ struct Filter {
   bool matches(const Flow& flow) const;
 };
 
+// The entries that carry traffic to one backend: flows DNATed to it (reply source = backend,
+// e.g. through a Service) and flows addressed to it directly (original destination = backend,
+// not DNATed elsewhere); optionally only those of Service address `vip` (and `port`), or of one
+// protocol. What `sluice-ct flush-backend` deletes, and a building block for endpoint cleanup.
+struct BackendSelector {
+  IPAddress backend;
+  std::optional<IPAddress> vip;     // original destination (the Service IP)
+  std::optional<uint16_t> vipPort;  // original destination port; only with vip
+  std::optional<Protocol> proto;
+
+  bool matches(const Flow& flow) const;
+};
+
 // A conntrack netlink client bound to one network namespace for its whole life. Not
 // thread-safe: use one Client per thread (each owns its own sockets).
 class Client {

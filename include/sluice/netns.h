@@ -18,4 +18,10 @@ std::string netnsPath(const std::string& spec);
 // and waits for it. The caller's thread never changes namespace.
 Status runInNetns(const std::string& spec, const std::function<void()>& fn);
 
+// Reads a whole file as seen from inside namespace `spec`: /proc/sys/net/... resolves against
+// the reading thread's network namespace, and /proc/net/... is read through
+// /proc/thread-self/net (/proc/net itself follows the process, not the thread). NotFound if the
+// file does not exist.
+Result<std::string> readFileInNetns(const std::string& spec, const std::string& path);
+
 }  // namespace sluice

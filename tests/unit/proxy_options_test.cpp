@@ -9,7 +9,6 @@
 #include <nlohmann/json.hpp>
 
 #include "sluice/cleanup.h"
-#include "sluice/conntrack_stats.h"
 #include "sluice/logging.h"
 #include "sluice/node_status.h"
 #include "sluice/proxy_options.h"
@@ -199,29 +198,6 @@ TEST_CASE("derived settings: node name, source, families, planner config") {
   CHECK(cfg.nodeName == "node-a");
   CHECK(cfg.clusterCIDRs == std::vector<IPPrefix>{IPPrefix::parse("fd00:1::/64").value()});
   CHECK(cfg.masqueradeMark() == 0x20);
-}
-
-TEST_CASE("conntrack statistics: columns found by name, one entry per CPU") {
-  const std::string text =
-      "entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop icmp_error  "
-      "expect_new expect_create expect_delete search_restart\n"
-      "00000005  00000001 00000000 00000000 0000000a 00000000 00000000 00000000 00000000 00000003 00000002 00000000 "
-      "00000000  00000000 00000000 00000000 00000000\n"
-      "00000005  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 000000ff 00000000 00000001 "
-      "00000000  00000000 00000000 00000000 00000000\n";
-  auto stats = conntrack::parseCpuStats(text);
-  REQUIRE(stats);
-  REQUIRE(stats->size() == 2);
-  CHECK((*stats)[0].get("insert_failed") == 3);
-  CHECK((*stats)[0].get("drop") == 2);
-  CHECK((*stats)[0].get("clashres") == 1);
-  CHECK((*stats)[0].get("invalid") == 10);
-  CHECK((*stats)[1].cpu == 1);
-  CHECK((*stats)[1].get("insert_failed") == 255);
-  CHECK((*stats)[1].get("early_drop") == 1);
-  CHECK((*stats)[1].get("no_such_column") == 0);
-  CHECK(conntrack::parseCpuStats("a b\n1\n").status().code() == Code::kInvalidArgument);
-  CHECK(conntrack::parseCpuStats("a b\n1 zz\n").status().code() == Code::kInvalidArgument);
 }
 
 TEST_CASE("status page: JSON fields and escaped HTML") {
