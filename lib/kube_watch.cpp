@@ -73,9 +73,17 @@ const char* watchEventTypeName(WatchEventType t) {
   return "?";
 }
 
+// metadata.managedFields (server-side apply bookkeeping) is often half of an object's bytes and
+// no source reads it: it is dropped while parsing instead of being built and thrown away.
+// Depth 3 = event → object → metadata.
+bool dropManagedFields(int depth, json::parse_event_t event, json& parsed) {
+  return !(event == json::parse_event_t::key && depth == 3 && parsed.is_string() &&
+           parsed.get_ref<const std::string&>() == "managedFields");
+}
+
 Result<WatchEvent> decodeWatchEvent(std::string_view text) {
   // No exceptions: a garbled stream is an ordinary, reported failure.
-  json doc = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  json doc = json::parse(text.begin(), text.end(), dropManagedFields, /*allow_exceptions=*/false);
   if (doc.is_discarded()) return invalid("not valid JSON");
   if (!doc.is_object()) return invalid("not a JSON object");
   const json* type = field(doc, "type");

@@ -112,6 +112,9 @@ TEST_CASE("kube watch: captured TKE line without trailing newline, blank lines a
   REQUIRE(d.finish(out).isOk());
   REQUIRE(out.size() == 1);
   CHECK(out[0].resourceVersion == "5493506153");
+  // managedFields is dropped while parsing; the rest of metadata is kept.
+  CHECK_FALSE(out[0].object["metadata"].contains("managedFields"));
+  CHECK(out[0].object["metadata"]["labels"]["kubernetes.io/service-name"] == "externalnode-proxy");
 
   WatchStreamDecoder crlf;
   out.clear();
