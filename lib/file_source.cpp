@@ -293,6 +293,9 @@ struct FileSource::Impl {
   }
   // A changed name in the watched directory that concerns us.
   bool relevant(std::string_view name) const {
+    // A Kubernetes ConfigMap/Secret volume updates by pointing the symlink "..data" at a new
+    // hidden directory (rename over); the visible names are symlinks through it.
+    if (name == "..data") return true;
     std::error_code ec;
     if (fs::is_directory(options.path, ec)) return isManifestName(std::string(name));
     return fs::path(options.path).filename() == fs::path(name);

@@ -406,3 +406,24 @@ TEST_CASE("file source: reloads on change, rename-over and partial writes") {
   }
   src.stop();
 }
+
+TEST_CASE("file source: a ConfigMap volume's atomic symlink swap is seen") {
+  TempDir dir;
+  const fs::path& d = dir.path();
+  fs::create_directory(d / "..2026_1");
+  std::ofstream(d / "..2026_1" / "svc.yaml") << serviceYaml("cm", "198.18.0.20", 80);
+  fs::create_directory_symlink("..2026_1", d / "..data");
+  fs::create_symlink("..data/svc.yaml", d / "svc.yaml");
+  RecordingSink sink;
+  FileSource src({(d / "svc.yaml").string(), 30ms});
+  REQUIRE(src.start(sink).isOk());
+  REQUIRE(sink.services.size() == 1);
+  CHECK(sink.services[0].ports[0].port == 80);
+  // What the kubelet does: write the new version aside, then rename a new "..data" link over.
+  fs::create_directory(d / "..2026_2");
+  std::ofstream(d / "..2026_2" / "svc.yaml") << serviceYaml("cm", "198.18.0.20", 81);
+  fs::create_directory_symlink("..2026_2", d / "..data_tmp");
+  fs::rename(d / "..data_tmp", d / "..data");
+  CHECK(sink.waitFor([](auto& s) { return s.services.size() == 1 && s.services[0].ports[0].port == 81; }));
+  src.stop();
+}
