@@ -66,7 +66,10 @@ std::optional<std::chrono::system_clock::time_point> parseTime(const std::string
   } else if (*end != 'Z' && *end != 'z') {
     return std::nullopt;
   }
-  return std::chrono::system_clock::from_time_t(timegm(&tm) - offset);
+  time_t t = timegm(&tm) - offset;
+  // system_clock counts nanoseconds in 64 bits: it ends in 2262. Later is "never expires".
+  if (t > 9'000'000'000) return std::chrono::system_clock::time_point::max();
+  return std::chrono::system_clock::from_time_t(t);
 }
 
 YAML::Node findNamed(const YAML::Node& list, const std::string& name, const char* field) {
@@ -100,7 +103,7 @@ Result<ClientConfig> loadKubeconfig(const std::string& path, const std::string& 
     if (!user && !str(ctx, "user").empty()) return bad("user \"" + str(ctx, "user") + "\" not found");
     fs::path dir = fs::path(path).parent_path();
     auto resolve = [&](const std::string& p) {
-      return p.empty() || fs::path(p).is_absolute() ? p : (dir / p).string();
+      return p.empty() || fs::path(p).is_absolute() ? p : (dir / p).lexically_normal().string();
     };
 
     ClientConfig cfg;
