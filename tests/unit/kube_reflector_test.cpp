@@ -10,7 +10,7 @@
 #include <mutex>
 #include <thread>
 
-#include "../../lib/kube_reflector.h"
+#include "kube_reflector.h"
 #include "apiserver.h"
 #include "pki.h"
 #include "sluice/http_client.h"
