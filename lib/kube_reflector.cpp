@@ -1,5 +1,7 @@
 #include "kube_reflector.h"
 
+#include "kube_watch.h"
+
 #include <random>
 
 #include <fmt/format.h>
@@ -38,24 +40,14 @@ namespace {
 
 thread_local std::mt19937_64 rng{std::random_device{}()};
 
-// metadata.resourceVersion of an object ("" when absent).
-std::string rvOf(const json& obj) {
-  auto m = obj.find("metadata");
-  if (m == obj.end() || !m->is_object()) return {};
-  auto rv = m->find("resourceVersion");
-  return rv != m->end() && rv->is_string() ? rv->get<std::string>() : std::string();
-}
-
 // A Status reply that means "your resourceVersion is unusable here": 410 Expired/Gone, or
 // 504 with cause ResourceVersionTooLarge (the server is behind the RV, e.g. after failover).
 bool isExpiredOrTooLarge(int httpStatus, const std::string& body) {
   if (httpStatus == 410) return true;
-  if (httpStatus != 504) return false;
-  json s = json::parse(body, nullptr, false);
-  if (!s.is_object()) return false;
-  for (const auto& c : s.value("details", json::object()).value("causes", json::array()))
-    if (c.is_object() && c.value("reason", "") == "ResourceVersionTooLarge") return true;
-  return false;
+  json doc = json::parse(body, nullptr, false);
+  if (!doc.is_object()) return false;
+  ApiStatus status = decodeApiStatus(doc);
+  return status.expired() || status.resourceVersionTooLarge();
 }
 
 }  // namespace
@@ -202,16 +194,14 @@ Result<std::string> Reflector::list(const std::string& rv, Outcome& outcome) {
       }
       return res.status();
     }
-    json doc = json::parse(res->body, nullptr, false);
-    if (!doc.is_object() || !doc.contains("metadata")) {
+    auto page = decodeList(res->body);
+    if (!page) {
       outcome = Outcome::kFailed;
-      return Status(Code::kUnavailable, "LIST " + options_.collectionPath + ": not a list");
+      return page.status().withContext("LIST " + options_.collectionPath);
     }
-    const json& meta = doc["metadata"];
-    listRv = meta.value("resourceVersion", "");
-    if (auto it = doc.find("items"); it != doc.end() && it->is_array())
-      for (auto& item : *it) items.push_back(std::move(item));
-    cont = meta.value("continue", "");
+    listRv = page->resourceVersion;
+    for (auto& item : page->items) items.push_back(std::move(item));
+    cont = page->continueToken;
     if (cont.empty()) break;
   }
   handler_.replace(std::move(items));
@@ -242,48 +232,55 @@ Reflector::Outcome Reflector::watch(std::string& rv) {
 
   Outcome outcome = Outcome::kEnded;
   uint64_t delivered = 0;
-  std::string pending;  // bytes of an event not yet terminated by '\n'
-  auto onEvent = [&](const json& ev) -> bool {
-    std::string type = ev.is_object() ? ev.value("type", "") : "";
-    const json& obj = ev.is_object() && ev.contains("object") ? ev["object"] : json();
-    if (type == "BOOKMARK") {
-      if (auto r = rvOf(obj); !r.empty()) rv = r;
-      ++delivered;
-      std::lock_guard lock(mu_);
-      ++stats_.bookmarks;
-      return true;
+  auto onEvent = [&](const WatchEvent& ev) -> bool {
+    switch (ev.type) {
+      case WatchEventType::kBookmark: {
+        if (!ev.resourceVersion.empty()) rv = ev.resourceVersion;
+        ++delivered;
+        std::lock_guard lock(mu_);
+        ++stats_.bookmarks;
+        return true;
+      }
+      case WatchEventType::kAdded:
+      case WatchEventType::kModified:
+      case WatchEventType::kDeleted: {
+        handler_.apply(watchEventTypeName(ev.type), ev.object);
+        if (!ev.resourceVersion.empty()) rv = ev.resourceVersion;
+        ++delivered;
+        std::lock_guard lock(mu_);
+        ++stats_.events;
+        return true;
+      }
+      case WatchEventType::kError:
+        break;
     }
-    if (type == "ADDED" || type == "MODIFIED" || type == "DELETED") {
-      handler_.apply(type, obj);
-      if (auto r = rvOf(obj); !r.empty()) rv = r;
-      ++delivered;
-      std::lock_guard lock(mu_);
-      ++stats_.events;
-      return true;
-    }
-    if (type == "ERROR" && obj.is_object() && obj.value("code", 0) == 410) {
+    if (ev.error && ev.error->expired()) {
       outcome = Outcome::kExpired;
       std::lock_guard lock(mu_);
       ++stats_.expired;
       return false;
     }
-    noteFailure(Status(Code::kUnavailable, "watch " + options_.collectionPath + ": " + ev.dump()),
+    noteFailure(Status(Code::kUnavailable, "watch " + options_.collectionPath + ": " +
+                                               (ev.error ? ev.error->toString() : "ERROR event")),
                 index, false);
     outcome = Outcome::kFailed;
     return false;
   };
-  // Chunk boundaries are not event boundaries: split the byte stream on '\n'.
-  auto sink = [&](std::string_view bytes) -> bool {
-    pending.append(bytes);
-    size_t start = 0;
-    for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
-      std::string_view line(pending.data() + start, nl - start);
-      if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-      if (!onEvent(json::parse(line, nullptr, false))) return false;
+  // Chunk boundaries are not event boundaries: the decoder buffers partial events.
+  WatchStreamDecoder decoder;
+  std::vector<WatchEvent> events;
+  auto consume = [&](const Status& decoded) -> bool {
+    for (const auto& ev : events)
+      if (!onEvent(ev)) return false;
+    events.clear();
+    if (!decoded) {
+      noteFailure(decoded.withContext("watch " + options_.collectionPath), index, false);
+      outcome = Outcome::kFailed;
+      return false;
     }
-    pending.erase(0, start);
     return true;
   };
+  auto sink = [&](std::string_view bytes) -> bool { return consume(decoder.feed(bytes, events)); };
 
   auto began = std::chrono::steady_clock::now();
   auto& conn = newConnection(url);
@@ -306,6 +303,7 @@ Reflector::Outcome Reflector::watch(std::string& rv) {
                 index, false);
     return expired ? Outcome::kExpired : Outcome::kFailed;
   }
+  if (outcome == Outcome::kEnded) consume(decoder.finish(events));
   if (outcome == Outcome::kEnded && delivered == 0 &&
       std::chrono::steady_clock::now() - began < std::chrono::seconds(1)) {
     // client-go: a watch that closes at once without a single event is an error (avoids a
