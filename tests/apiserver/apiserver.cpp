@@ -25,6 +25,15 @@ using tcp = net::ip::tcp;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
+bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit) {
+  auto end = Clock::now() + limit;
+  while (Clock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return pred();
+}
+
 struct ApiServer::Conn {
   net::io_context io;
   tcp::socket sock{io};

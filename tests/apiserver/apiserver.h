@@ -18,6 +18,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -30,6 +31,10 @@
 #include <nlohmann/json.hpp>
 
 namespace sluice::testing {
+
+// Polls `pred` every 5 ms until it holds or `limit` passed; returns its last value.
+bool eventually(const std::function<bool()>& pred,
+                std::chrono::milliseconds limit = std::chrono::milliseconds(5000));
 
 struct ApiResource {
   std::string prefix;    // "/api/v1", "/apis/discovery.k8s.io/v1"

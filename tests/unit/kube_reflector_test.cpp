@@ -24,14 +24,7 @@ using sluice::testing::ApiServer;
 using sluice::testing::ApiServerOptions;
 namespace kube = sluice::kube;
 
-bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit = 5000ms) {
-  auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return pred();
-}
+using sluice::testing::eventually;
 
 json service(const std::string& ns, const std::string& name, json labels = json::object()) {
   return {{"metadata", {{"namespace", ns}, {"name", name}, {"labels", labels}}},
@@ -183,12 +176,15 @@ TEST_CASE("reflector: a watch that ends normally resumes from the bookmark RV wi
   // Writes to another resource move the RV on; bookmarks carry it to the client.
   for (int i = 0; i < 3; ++i) server.create("leases", service("default", "l" + std::to_string(i)));
   uint64_t rv = server.resourceVersion();
-  REQUIRE(eventually([&] { return h.stats().watches >= 2; }, 4000ms));
+  auto watchRequests = [&] {
+    auto reqs = server.requests();
+    std::erase_if(reqs, [](auto& r) { return !r.query.count("watch"); });
+    return reqs;
+  };
+  REQUIRE(eventually([&] { return watchRequests().size() >= 2; }, 6000ms));
   CHECK(h.stats().bookmarks >= 1);
   CHECK(h.stats().relists == 0);
-  auto reqs = server.requests();
-  std::erase_if(reqs, [](auto& r) { return !r.query.count("watch"); });
-  REQUIRE(reqs.size() >= 2);
+  auto reqs = watchRequests();
   CHECK(reqs[1].query.at("resourceVersion") == std::to_string(rv));
   server.create("services", service("default", "b"));
   REQUIRE(eventually([&] { return h.mirror.has("default/b"); }));

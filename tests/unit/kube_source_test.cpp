@@ -17,14 +17,7 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 using sluice::ObjectName;
 
-bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit = 5000ms) {
-  auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return pred();
-}
+using sluice::testing::eventually;
 
 class RecordingSink : public sluice::StateSink {
  public:
