@@ -33,6 +33,13 @@ LeaseHandle acquire(LeaseStore& store, const LeaseSpec& spec) {
 
 std::set<std::string> addrs(std::initializer_list<const char*> list) { return {list.begin(), list.end()}; }
 
+// A manual clock, the embedded store on it and a sink: the setting of most cases below.
+struct Rig {
+  ManualClock clock;
+  EmbeddedLeaseStore store{clock};
+  RecordingSink sink;
+};
+
 }  // namespace
 
 TEST_CASE("lease spec validation names the field") {
@@ -99,9 +106,8 @@ TEST_CASE("embedded store: acquire, renew, release, expiry on its own clock") {
 }
 
 TEST_CASE("reconciler publishes live leases and drops one TTL after its last observed renewal") {
-  ManualClock clock;
-  EmbeddedLeaseStore store(clock);
-  RecordingSink sink;
+  Rig rig;
+  auto& [clock, store, sink] = rig;
   LeaseEndpointReconciler rec(store, reconcilerConfig(clock));
 
   LeaseHandle a = acquire(store, leaseSpec("a", "198.18.1.11", 8080, 1s));
@@ -143,9 +149,8 @@ TEST_CASE("reconciler publishes live leases and drops one TTL after its last obs
 }
 
 TEST_CASE("reconciler: slices per family and port set, one endpoint per address") {
-  ManualClock clock;
-  EmbeddedLeaseStore store(clock);
-  RecordingSink sink;
+  Rig rig;
+  auto& [clock, store, sink] = rig;
   LeaseEndpointReconciler rec(store, reconcilerConfig(clock));
   acquire(store, leaseSpec("a", "198.18.1.11", 8080, 1s));
   acquire(store, leaseSpec("a2", "198.18.1.11", 8080, 1s));  // same address twice
@@ -166,22 +171,8 @@ TEST_CASE("reconciler: slices per family and port set, one endpoint per address"
 
 TEST_CASE("reconciler never publishes an empty set while its own lease should exist") {
   ManualClock clock;
-  EmbeddedLeaseStore inner(clock);
-  SwitchableStore store(inner);
-  RecordingSink sink;
-  LeaseEndpointReconciler rec(store, reconcilerConfig(clock, leaseSpec("self", "198.18.1.10", 8080, 1s)));
-  LeaseHandle other = acquire(store, leaseSpec("other", "198.18.1.11", 8080, 1s));
-  REQUIRE(rec.reconcileOnce(sink).status.isOk());
-  CHECK(sink.addresses() == addrs({"198.18.1.10", "198.18.1.11"}));
-
-  // The store loses everything (as if it were wiped) and our own write keeps failing: we can
-  // write nothing, and the listing is empty.
-  REQUIRE(inner.release(other).isOk());
-  const LeaseListing left = inner.list().value();
-  for (const auto& l : left.leases) {
-    REQUIRE(inner.release({l.spec.identity, l.leaseId, 0, {}}).isOk());
-  }
-  // A store that accepts reads but drops writes: renewing fails, acquire "succeeds" into the void.
+  // A store that lost its data and drops writes: acquire and renew "succeed" into the void, the
+  // listing stays empty although our own lease should be in it.
   struct WriteDroppingStore final : LeaseStore {
     std::string name() const override { return "dropping"; }
     Result<LeaseHandle> acquire(const LeaseSpec& s, Clock::WallTime) override {
@@ -189,8 +180,9 @@ TEST_CASE("reconciler never publishes an empty set while its own lease should ex
     }
     Status renew(LeaseHandle&, Clock::WallTime) override { return Status::ok(); }
     Status release(const LeaseHandle&) override { return Status::ok(); }
-    Result<LeaseListing> list() override { return LeaseListing{}; }
+    Result<LeaseListing> list() override { return listing; }
     void setOnChange(std::function<void()>) override {}
+    LeaseListing listing;
   } dropping;
   LeaseEndpointReconciler guarded(dropping, reconcilerConfig(clock, leaseSpec("self", "198.18.1.10", 8080, 1s)));
   RecordingSink sink2;
@@ -199,6 +191,17 @@ TEST_CASE("reconciler never publishes an empty set while its own lease should ex
   CHECK_FALSE(out.published);
   CHECK(sink2.state().history.empty());
   CHECK(sink2.state().synced.empty());  // nothing ever delivered: the proxy programs nothing yet
+
+  // The store had the leases, then loses them: the published set stands.
+  dropping.listing.leases = {LeaseRecord{leaseSpec("other", "198.18.1.11", 8080, 1s), 5, 1, {}}};
+  clock.advance(200ms);
+  REQUIRE(guarded.reconcileOnce(sink2).status.isOk());
+  CHECK(sink2.addresses() == addrs({"198.18.1.11"}));
+  dropping.listing.leases.clear();
+  clock.advance(200ms);
+  CHECK(guarded.reconcileOnce(sink2).status.code() == Code::kFailedPrecondition);
+  CHECK(sink2.addresses() == addrs({"198.18.1.11"}));
+  CHECK_FALSE(sink2.everPublishedEmpty());
 
   // Without an own lease, an empty store is a legitimate empty set.
   LeaseEndpointReconciler plain(dropping, reconcilerConfig(clock));
@@ -252,9 +255,8 @@ TEST_CASE("reconciler: store unreachable for longer than a TTL keeps the last se
 }
 
 TEST_CASE("reconciler: the observer's clock jumping forward expires nobody by itself") {
-  ManualClock clock;
-  EmbeddedLeaseStore inner(clock);
-  RecordingSink sink;
+  Rig rig;
+  auto& [clock, inner, sink] = rig;
   LeaseEndpointReconciler rec(inner, reconcilerConfig(clock));
   LeaseHandle a = acquire(inner, leaseSpec("a", "198.18.1.11", 8080, 1s));
   REQUIRE(rec.reconcileOnce(sink).status.isOk());
@@ -306,9 +308,8 @@ TEST_CASE("reconciler: same generation seen across a jump still expires one TTL 
 }
 
 TEST_CASE("reconciler shutdown removes its own lease and reconciles once more") {
-  ManualClock clock;
-  EmbeddedLeaseStore store(clock);
-  RecordingSink sink;
+  Rig rig;
+  auto& [clock, store, sink] = rig;
   LeaseEndpointReconciler rec(store, reconcilerConfig(clock, leaseSpec("self", "198.18.1.10", 8080, 1s)));
   REQUIRE(rec.reconcileOnce(sink).status.isOk());
   CHECK(sink.addresses() == addrs({"198.18.1.10"}));
