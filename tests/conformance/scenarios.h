@@ -266,6 +266,27 @@ inline ProxyConfig makeConfig(const Scenario& s, IPFamily f) {
   return cfg;
 }
 
+// The Snapshot a scenario programs: its one Service and that Service's slices.
+inline Snapshot makeSnapshot(const Scenario& s, IPFamily f) {
+  Snapshot snap;
+  snap.upsertService(makeService(s, f));
+  for (auto& sl : makeSlices(s, f)) snap.upsertSlice(std::move(sl));
+  return snap;
+}
+
+// The target port behind a check's Service port (what an answering backend listens on).
+inline uint16_t targetPort(const Scenario& s, const Check& c) {
+  for (const auto& p : s.service.ports)
+    if (p.port == c.port && p.protocol == c.protocol) return p.target;
+  return 0;
+}
+
+// Every address of the node N (the kernel layer's node namespace): a destination among them is
+// delivered locally.
+inline std::vector<IPAddress> nodeAddresses(IPFamily f) {
+  return {nodeIP(f), nodePodGatewayIP(f), nodeExternalIP(f), addr(f, "198.51.100.1", "fd00:3::1")};
+}
+
 // --- the table ----------------------------------------------------------------------------
 
 inline std::vector<Scenario> scenarios() {

@@ -181,19 +181,12 @@ void runCheck(const Bed& bed, const Scenario& s, const Check& c, IPFamily f) {
   }
 }
 
-Snapshot snapshotOf(const Scenario& s, IPFamily f) {
-  Snapshot snap;
-  snap.upsertService(makeService(s, f));
-  for (auto& sl : makeSlices(s, f)) snap.upsertSlice(std::move(sl));
-  return snap;
-}
-
 void runTable(IPFamily f) {
   Bed bed = makeBed();
   checkAddressesAgree(f);
   for (const Scenario& s : scenarios()) {
     INFO(s.name);
-    Snapshot snap = snapshotOf(s, f);
+    Snapshot snap = makeSnapshot(s, f);
     DataPlane dp(makeConfig(s, f), *bed.backend);
     auto r = dp.sync(snap);
     REQUIRE_MESSAGE(r.status.isOk(), r.status.toString());
@@ -228,7 +221,7 @@ TEST_CASE("kernel: conformance — nft prints every rule of the external, firewa
     s.service.externalPolicy = TrafficPolicy::kLocal;
     s.service.affinitySeconds = 30;
     s.service.endpoints = {{1, true}, {2, false}};
-    snap = snapshotOf(s, f);
+    snap = makeSnapshot(s, f);
     const ProxyConfig cfg = makeConfig(s, f);
     DataPlane dp(cfg, *bed.backend);
     auto r = dp.sync(snap);
