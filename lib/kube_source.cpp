@@ -1,0 +1,260 @@
+#include "sluice/kube_source.h"
+
+#include <map>
+#include <mutex>
+#include <set>
+
+#include "kube_decode.h"
+#include "kube_reflector.h"
+
+namespace sluice {
+
+using nlohmann::json;
+
+namespace {
+
+// Remembers which objects are currently reported as problems, so the sink hears when one is
+// good again (or gone).
+class ProblemBook {
+ public:
+  explicit ProblemBook(StateSink& sink) : sink_(sink) {}
+  void bad(Problem p) {
+    active_.insert(p.object);
+    sink_.problem(std::move(p));
+  }
+  void good(const std::string& object) {
+    if (active_.erase(object)) sink_.problemCleared(object);
+  }
+  // After a relist: clear everything not reported bad in this round.
+  void keepOnly(const std::set<std::string>& stillBad) {
+    for (auto it = active_.begin(); it != active_.end();) {
+      if (stillBad.count(*it)) {
+        ++it;
+      } else {
+        sink_.problemCleared(*it);
+        it = active_.erase(it);
+      }
+    }
+  }
+
+ private:
+  StateSink& sink_;
+  std::set<std::string> active_;
+};
+
+class ServiceHandler : public kube::ReflectorHandler {
+ public:
+  ServiceHandler(StateSink& sink, std::atomic<uint64_t>& invalid)
+      : sink_(sink), problems_(sink), invalid_(invalid) {}
+
+  void replace(std::vector<json> items) override {
+    std::vector<Service> all;
+    std::set<std::string> bad;
+    for (const auto& item : items) {
+      auto d = kube::decodeService(item);
+      if (d) {
+        all.push_back(std::move(*d.value));
+      } else {
+        ++invalid_;
+        bad.insert(d.error->object);
+        problems_.bad(*d.error);
+      }
+    }
+    problems_.keepOnly(bad);
+    sink_.replaceServices(std::move(all));
+    if (!synced_) sink_.synced(ResourceKind::kService);
+    synced_ = true;
+  }
+
+  void apply(const std::string& type, const json& obj) override {
+    ObjectName id = kube::objectName(obj);
+    std::string label = "Service " + id.toString();
+    if (type == "DELETED") {
+      problems_.good(label);
+      sink_.removeService(id);
+      return;
+    }
+    auto d = kube::decodeService(obj);
+    if (d) {
+      problems_.good(label);
+      sink_.upsertService(std::move(*d.value));
+    } else {
+      // The last good version is stale now: dropping it is safer than proxying to it.
+      ++invalid_;
+      problems_.bad(*d.error);
+      sink_.removeService(id);
+    }
+  }
+
+ private:
+  StateSink& sink_;
+  ProblemBook problems_;
+  std::atomic<uint64_t>& invalid_;
+  bool synced_ = false;
+};
+
+// EndpointSlices, or legacy Endpoints converted to slices (several slices per Endpoints).
+class SliceHandler : public kube::ReflectorHandler {
+ public:
+  SliceHandler(StateSink& sink, std::atomic<uint64_t>& invalid, bool legacy)
+      : sink_(sink), problems_(sink), invalid_(invalid), legacy_(legacy) {}
+
+  void replace(std::vector<json> items) override {
+    std::vector<EndpointSlice> all;
+    std::set<std::string> bad;
+    owned_.clear();
+    for (const auto& item : items) {
+      auto slices = decode(item);
+      if (!slices) {
+        ++invalid_;
+        bad.insert(slices.status().message());
+        continue;
+      }
+      for (auto& s : *slices) all.push_back(std::move(s));
+    }
+    problems_.keepOnly(bad);
+    sink_.replaceSlices(std::move(all));
+    if (!synced_) sink_.synced(ResourceKind::kEndpointSlice);
+    synced_ = true;
+  }
+
+  void apply(const std::string& type, const json& obj) override {
+    ObjectName id = kube::objectName(obj);
+    std::string label = std::string(legacy_ ? "Endpoints " : "EndpointSlice ") + id.toString();
+    std::vector<EndpointSlice> now;
+    if (type != "DELETED") {
+      auto slices = decode(obj);
+      if (!slices) {
+        ++invalid_;
+      } else {
+        problems_.good(label);
+        now = std::move(*slices);
+      }
+    } else {
+      problems_.good(label);
+    }
+    // Remove what this object contributed before and no longer does.
+    std::set<ObjectName> keep;
+    for (const auto& s : now) keep.insert(s.id);
+    for (const auto& old : owned_[id])
+      if (!keep.count(old)) sink_.removeSlice(old);
+    owned_[id] = keep;
+    if (owned_[id].empty()) owned_.erase(id);
+    for (auto& s : now) sink_.upsertSlice(std::move(s));
+  }
+
+ private:
+  // Decodes one object; on failure reports the problem and returns its object label as error.
+  Result<std::vector<EndpointSlice>> decode(const json& obj) {
+    ObjectName id = kube::objectName(obj);
+    std::vector<EndpointSlice> out;
+    std::optional<Problem> error;
+    if (legacy_) {
+      auto d = kube::decodeEndpoints(obj);
+      if (d) out = std::move(*d.value); else error = d.error;
+    } else {
+      auto d = kube::decodeEndpointSlice(obj);
+      if (d) out.push_back(std::move(*d.value)); else error = d.error;
+    }
+    if (error) {
+      std::string label = error->object;
+      problems_.bad(*error);
+      return Status(Code::kInvalidArgument, label);
+    }
+    std::set<ObjectName>& mine = owned_[id];
+    for (const auto& s : out) mine.insert(s.id);
+    return out;
+  }
+
+  StateSink& sink_;
+  ProblemBook problems_;
+  std::atomic<uint64_t>& invalid_;
+  bool legacy_;
+  bool synced_ = false;
+  std::map<ObjectName, std::set<ObjectName>> owned_;  // Endpoints/slice → slices delivered
+};
+
+}  // namespace
+
+struct KubernetesSource::Impl {
+  KubernetesSourceOptions options;
+  std::atomic<uint64_t> invalid{0};
+  std::unique_ptr<ServiceHandler> services;
+  std::unique_ptr<SliceHandler> slices;
+  std::unique_ptr<kube::Reflector> serviceReflector;
+  std::unique_ptr<kube::Reflector> sliceReflector;
+};
+
+KubernetesSource::KubernetesSource(KubernetesSourceOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->options = std::move(options);
+}
+
+KubernetesSource::~KubernetesSource() { stop(); }
+
+std::string KubernetesSource::name() const {
+  const auto& servers = impl_->options.client.servers;
+  return "kubernetes:" + (servers.empty() ? std::string() : servers.front());
+}
+
+Status KubernetesSource::start(StateSink& sink) {
+  if (impl_->serviceReflector) return Status(Code::kFailedPrecondition, "already started");
+  const auto& o = impl_->options;
+  if (o.client.servers.empty()) return Status(Code::kInvalidArgument, "kubernetes: no server URL");
+  std::vector<http::Url> urls;
+  for (const auto& s : o.client.servers) {
+    auto url = http::parseUrl(s);
+    if (!url) return url.status().withContext("kubernetes");
+    urls.push_back(*url);
+  }
+  auto servers = std::make_shared<kube::ServerSet>(std::move(urls));
+  auto credentials = std::make_shared<kube::Credentials>(o.client);
+  if (auto auth = credentials->authorization(); !auth) return auth.status().withContext("kubernetes");
+
+  kube::ReflectorOptions base;
+  base.labelSelector = o.labelSelector;
+  base.pageSize = o.pageSize;
+  base.lease = o.watchLease;
+  base.minWatchTimeout = o.minWatchTimeout;
+  base.requestTimeout = o.requestTimeout;
+  base.connectTimeout = o.connectTimeout;
+  base.backoffInitial = o.backoffInitial;
+  base.backoffMax = o.backoffMax;
+  kube::ReflectorOptions svc = base, eps = base;
+  svc.collectionPath = "/api/v1/services";
+  eps.collectionPath = o.legacyEndpoints ? "/api/v1/endpoints" : "/apis/discovery.k8s.io/v1/endpointslices";
+
+  impl_->services = std::make_unique<ServiceHandler>(sink, impl_->invalid);
+  impl_->slices = std::make_unique<SliceHandler>(sink, impl_->invalid, o.legacyEndpoints);
+  impl_->serviceReflector = std::make_unique<kube::Reflector>(servers, credentials, svc, *impl_->services);
+  impl_->sliceReflector = std::make_unique<kube::Reflector>(servers, credentials, eps, *impl_->slices);
+  impl_->serviceReflector->start();
+  impl_->sliceReflector->start();
+  return {};
+}
+
+void KubernetesSource::stop() {
+  if (impl_->serviceReflector) impl_->serviceReflector->stop();
+  if (impl_->sliceReflector) impl_->sliceReflector->stop();
+}
+
+KubernetesSourceStats KubernetesSource::stats() const {
+  KubernetesSourceStats out;
+  out.invalidObjects = impl_->invalid;
+  for (const auto* r : {impl_->serviceReflector.get(), impl_->sliceReflector.get()}) {
+    if (!r) continue;
+    kube::ReflectorStats s = r->stats();
+    out.lists += s.lists;
+    out.relists += s.relists;
+    out.watches += s.watches;
+    out.events += s.events;
+    out.bookmarks += s.bookmarks;
+    out.expired += s.expired;
+    out.leaseExpiries += s.leaseExpiries;
+    out.failovers += s.failovers;
+    out.errors += s.errors;
+  }
+  return out;
+}
+
+}  // namespace sluice

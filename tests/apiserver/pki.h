@@ -1,0 +1,20 @@
+// pki.h — throw-away certificates for TLS tests, made with OpenSSL's APIs (EC P-256).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace sluice::testing {
+
+struct KeyPair {
+  std::string certPem;
+  std::string keyPem;
+};
+
+// A self-signed CA.
+KeyPair makeCa(const std::string& commonName);
+// A leaf certificate signed by `ca`. `sans` are "DNS:name" or "IP:addr" entries.
+KeyPair issueCert(const KeyPair& ca, const std::string& commonName,
+                  const std::vector<std::string>& sans, bool client = false);
+
+}  // namespace sluice::testing
