@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -91,7 +92,7 @@ class Daemon {
 
 // GET /status in the node namespace, polled until `until` holds (at most `timeout`).
 template <class Pred>
-std::optional<nlohmann::json> statusWhen(const Netns& ns, Pred until, std::chrono::milliseconds timeout = 10s) {
+std::optional<nlohmann::json> statusWhen(const testbed::Netns& ns, Pred until, std::chrono::milliseconds timeout = 10s) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     if (auto r = testing::httpGet(kAdminPort, "/status", "", "127.0.0.1", ns.path()); r && r->status == 200) {
