@@ -30,11 +30,14 @@ namespace fs = std::filesystem;
 
 // Converting YAML expands aliases; a few anchors can name an exponential tree ("billion
 // laughs"). Manifests are small, so a generous cap on converted nodes and nesting is safe.
+// Bytes count too: one long scalar behind an alias repeated a million times is 64 GB of JSON.
 constexpr size_t kMaxYamlNodes = 1'000'000;
+constexpr size_t kMaxYamlBytes = 64u << 20;
 constexpr int kMaxYamlDepth = 200;
 
 struct YamlLimits {
   size_t nodes = 0;
+  size_t bytes = 0;
 };
 
 bool isYamlNull(const std::string& s) { return s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL"; }
@@ -88,6 +91,9 @@ Status yamlToJson(const YAML::Node& node, int depth, YamlLimits& limits, json& o
     case YAML::NodeType::Scalar: {
       const std::string& tag = node.Tag();
       const std::string& text = node.Scalar();
+      limits.bytes += text.size();
+      if (limits.bytes > kMaxYamlBytes)
+        return Status(Code::kInvalidArgument, "YAML expands to too many bytes (alias expansion?)");
       if (tag == "!" || tag == "tag:yaml.org,2002:str") out = text;  // quoted or !!str
       else out = plainScalar(text);
       return Status::ok();
@@ -105,6 +111,7 @@ Status yamlToJson(const YAML::Node& node, int depth, YamlLimits& limits, json& o
       out = json::object();
       for (const auto& kv : node) {
         if (!kv.first.IsScalar()) return Status(Code::kInvalidArgument, "a mapping key is not a scalar");
+        limits.bytes += kv.first.Scalar().size();
         json v;
         if (auto s = yamlToJson(kv.second, depth + 1, limits, v); !s.isOk()) return s;
         out[kv.first.Scalar()] = std::move(v);

@@ -304,6 +304,17 @@ TEST_CASE("file source: syntax errors name file, document and position") {
   }
 }
 
+TEST_CASE("file source: an alias bomb of long strings is refused, not expanded") {
+  std::string text = "a: &a \"" + std::string(10000, 'x') + "\"\nb: &b [";
+  for (int i = 0; i < 100; ++i) text += i ? ",*a" : "*a";
+  text += "]\nc: [";
+  for (int i = 0; i < 100; ++i) text += i ? ",*b" : "*b";
+  text += "]\nkind: x\n";
+  auto set = parseManifests(text, "bytes.yaml");
+  REQUIRE_FALSE(set);
+  CHECK(set.status().message().find("too many bytes") != std::string::npos);
+}
+
 TEST_CASE("file source: a directory of manifests") {
   TempDir dir;
   dir.write("a.yaml", kWebYaml);
