@@ -44,8 +44,8 @@ void printSpread(const std::string& title, const std::map<std::string, int>& cou
 }
 
 // The manifest: Service demo/web on 198.19.0.10:80 → 8080 on every backend; backend `terminating`
-// (1-based, 0 = none) is marked terminating, backends above `count` are left out.
-std::string manifest(int count, int terminating) {
+// (1-based, 0 = none) is marked terminating, backend `removed` (0 = none) is left out.
+std::string manifest(int terminating, int removed) {
   std::string out = fmt::format(
       "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: demo}}\n"
       "spec:\n  clusterIP: {0}\n  clusterIPs: [{0}]\n  ports: [{{name: http, protocol: TCP, port: 80, targetPort: 8080}}]\n"
@@ -53,7 +53,8 @@ std::string manifest(int count, int terminating) {
       "metadata: {{name: web-abc12, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}\n"
       "addressType: IPv4\nports: [{{name: http, protocol: TCP, port: 8080}}]\nendpoints:\n",
       Topology::serviceIP(10, IPFamily::kV4).toString());
-  for (int i = 1; i <= count; ++i) {
+  for (int i = 1; i <= kBackends; ++i) {
+    if (i == removed) continue;
     const bool t = i == terminating;
     out += fmt::format("- addresses: [{}]\n  nodeName: demo-node\n  conditions: {{ready: {}, serving: true, terminating: {}}}\n",
                        Topology::backendIP(i, IPFamily::kV4).toString(), t ? "false" : "true", t ? "true" : "false");
@@ -134,7 +135,7 @@ int run() {
   }
   const std::string dir = dirTemplate;
   const std::string path = dir + "/services.yaml";
-  writeManifest(path, manifest(kBackends, 0));
+  writeManifest(path, manifest(0, 0));
   const IPAddress webIP = Topology::serviceIP(10, IPFamily::kV4);
 
   const std::vector<std::string> args = {
@@ -166,8 +167,12 @@ int run() {
         const std::string who = held->first().backendId;
         const int victim = std::stoi(who.substr(who.find('-') + 1));
         fmt::print("\nheld connection answered by {}; marking {} terminating in the manifest\n", who, who);
-        writeManifest(path, manifest(kBackends, victim));
-        auto draining = statusWhen(t.node(), [](const nlohmann::json& j) { return !j["draining"].empty(); });
+        writeManifest(path, manifest(victim, 0));
+        // The tracker counts live flows once per poll interval (1 s): wait for the count.
+        auto draining = statusWhen(
+            t.node(), [](const nlohmann::json& j) { return !j["draining"].empty() && j["draining"][0]["liveFlows"] > 0; },
+            3s);
+        if (!draining) draining = statusWhen(t.node(), [](const nlohmann::json& j) { return !j["draining"].empty(); });
         if (draining) {
           for (const auto& d : (*draining)["draining"])
             fmt::print("  /status: draining {} of {}, live flows {}, deadline {}\n", d["endpoint"].get<std::string>(),
@@ -181,9 +186,15 @@ int run() {
         held->close();
 
         fmt::print("\n{} removed from the manifest\n", who);
-        writeManifest(path, manifest(kBackends - (victim == kBackends ? 1 : 0), victim == kBackends ? 0 : victim));
-        auto gone = statusWhen(t.node(), [](const nlohmann::json& j) { return j["draining"].empty(); });
-        fmt::print("  /status: {}\n", gone ? "no endpoint draining any more (its flow ended)" : "still draining");
+        writeManifest(path, manifest(0, victim));
+        auto gone = statusWhen(t.node(), [](const nlohmann::json& j) {
+          return j["draining"].empty() && j["families"][0]["endpoints"] == kBackends - 1;
+        });
+        if (gone)
+          fmt::print("  /status: {} endpoints programmed, none draining (the held flow ended)\n",
+                     (*gone)["families"][0]["endpoints"].get<int>());
+        printSpread(fmt::format("new connections to {}:80:", webIP.toString()),
+                    testbed::spread(t.client(), Protocol::kTCP, webIP, 80, kConnections));
       }
       auto metrics = testing::httpGet(kAdminPort, "/metrics", "", "127.0.0.1", t.node().path());
       if (metrics) {
