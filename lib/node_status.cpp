@@ -42,7 +42,9 @@ std::string statusJson(const NodeStatus& s) {
                              {"lastSuccess", formatTimestamp(f.lastSuccess)},
                              {"lastDurationSeconds", f.lastDurationSeconds},
                              {"lastOperations", f.lastOperations},
-                             {"services", f.services}});
+                             {"services", f.services},
+                             {"endpoints", f.endpoints},
+                             {"driftRepairs", f.driftRepairs}});
   }
   j["problems"] = nlohmann::json::array();
   for (const Problem& p : s.problems) j["problems"].push_back({{"object", p.object}, {"field", p.field}, {"reason", p.reason}});
@@ -51,6 +53,19 @@ std::string statusJson(const NodeStatus& s) {
     j["healthCheckNodePorts"].push_back({{"service", {{"namespace", id.ns}, {"name", id.name}}},
                                          {"nodePort", h.nodePort},
                                          {"localEndpoints", h.localEndpoints}});
+  j["sources"] = nlohmann::json::array();
+  for (const NodeStatus::SourceStatus& src : s.sources)
+    j["sources"].push_back({{"name", src.name}, {"synced", src.synced}, {"detail", src.detail}});
+  j["draining"] = nlohmann::json::array();
+  for (const DrainingEndpoint& d : s.draining)
+    j["draining"].push_back({{"service", {{"namespace", d.servicePort.service.ns}, {"name", d.servicePort.service.name}}},
+                             {"port", d.servicePort.portName},
+                             {"protocol", protocolName(d.servicePort.protocol)},
+                             {"endpoint", d.ip.toString() + ":" + std::to_string(d.port)},
+                             {"since", formatTimestamp(d.since)},
+                             {"deadline", formatTimestamp(d.deadline)},
+                             {"liveFlows", d.liveFlows},
+                             {"serving", d.serving}});
   return j.dump(2) + "\n";
 }
 
@@ -83,6 +98,15 @@ std::string statusHtml(const NodeStatus& s) {
     for (const auto& [id, h] : s.healthCheckNodePorts)
       out += fmt::format("<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>\n", htmlEscape(id.toString()),
                          h.nodePort, h.localEndpoints > 0 ? "good" : "bad", h.localEndpoints);
+    out += "</table>\n";
+  }
+  out += fmt::format("<h2>Draining endpoints ({})</h2>\n", s.draining.size());
+  if (!s.draining.empty()) {
+    out += "<table><tr><th>Service</th><th>endpoint</th><th>live flows</th><th>deadline</th></tr>\n";
+    for (const DrainingEndpoint& d : s.draining)
+      out += fmt::format("<tr><td>{}</td><td>{}:{}</td><td>{}</td><td>{}</td></tr>\n",
+                         htmlEscape(d.servicePort.service.toString()), htmlEscape(d.ip.toString()), d.port,
+                         d.liveFlows, formatTimestamp(d.deadline));
     out += "</table>\n";
   }
   out += fmt::format("<h2>Problems ({})</h2>\n", s.problems.size());

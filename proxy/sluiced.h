@@ -6,7 +6,14 @@
 #include <utility>
 #include <vector>
 
+#include <memory>
+
 #include "sluice/proxy_options.h"
+#include "sluice/source.h"
+
+namespace sluice {
+class KubernetesSource;
+}
 
 namespace sluiced {
 
@@ -22,5 +29,16 @@ int runDaemon(sluice::ProxyOptions options, std::vector<std::pair<std::string, s
 
 // --cleanup: removes sluice's tables for every family and returns the exit code.
 int runCleanup(const sluice::ProxyOptions& options);
+
+// The Source --source names: FileSource for "file:PATH", KubernetesSource for "kubernetes"
+// (--kubeconfig, else the in-cluster config; --master overrides the server). `kube`, when
+// given, receives the Kubernetes source (for its counters) or stays untouched.
+sluice::Result<std::unique_ptr<sluice::Source>> makeSource(const sluice::ProxyOptions& options,
+                                                           sluice::KubernetesSource** kube);
+
+// `sluiced explain SRC DST:PORT/PROTO`: loads the desired state from the configured source,
+// plans it with the daemon's ProxyConfig and prints what the rules do with that packet.
+int runExplain(const sluice::ProxyOptions& options, const std::string& src, const std::string& dst, bool fromNode,
+               bool json);
 
 }  // namespace sluiced

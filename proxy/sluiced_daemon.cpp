@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <systemd/sd-daemon.h>
 
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <fstream>
@@ -15,6 +16,10 @@
 #include "sluice/cleanup.h"
 #include "sluice/conntrack_stats.h"
 #include "sluice/dataplane.h"
+#include "sluice/drain_tracker.h"
+#include "sluice/drift_monitor.h"
+#include "sluice/explain.h"
+#include "sluice/kube_source.h"
 #include "sluice/healthcheck.h"
 #include "sluice/http_server.h"
 #include "sluice/logging.h"
@@ -22,6 +27,8 @@
 #include "sluice/nft/backend.h"
 #include "sluice/node_status.h"
 #include "sluice/proxy_metrics.h"
+#include "sluice/state_store.h"
+#include "sluice/sync_runner.h"
 #include "sluiced.h"
 
 namespace sluiced {
@@ -31,14 +38,57 @@ using std::chrono::system_clock;
 
 namespace {
 
-// One IP family's data plane. The Snapshot is per family because DataPlane::sync consumes the
-// Snapshot's dirty set.
-struct Plane {
+class Daemon;
+
+// One IP family's data plane: its own StateStore (DataPlane::sync consumes the Snapshot's dirty
+// set, so two families cannot share one Snapshot; the source feeds both through FanOutSink),
+// the SyncRunner that commits it, the drain tracker and the drift monitor.
+struct Plane : SyncObserver, CommitListener {
+  Daemon* daemon = nullptr;
   ProxyConfig cfg;
+  // Declaration order is teardown order reversed: the drift monitor goes first, the runner
+  // before the drain tracker it calls and the store and DataPlane it uses.
   std::unique_ptr<nft::NetlinkBackend> backend;
   std::unique_ptr<DataPlane> dataPlane;
-  Snapshot snapshot;
+  StateStore store;
+  std::unique_ptr<DrainTracker> drain;  // null when conntrack cannot be opened
+  std::unique_ptr<SyncRunner> runner;
+  std::unique_ptr<DriftMonitor> drift;  // null when notifications cannot be subscribed
+
+  // Written on the runner's thread, read by the HTTP threads (Daemon::statusMu_).
   FamilySyncStatus status;
+  std::map<ObjectName, ServiceHealth> health;
+  std::vector<Problem> planProblems;
+
+  void afterCommit(const CommitInfo& info) override;
+  void onSync(const SyncReport& report) override;
+  void onProgrammingLatency(std::chrono::nanoseconds latency) override;
+};
+
+// Hands every delivery of the one source to each family's store, and marks a sync queued.
+class FanOutSink : public StateSink {
+ public:
+  FanOutSink(std::vector<StateSink*> sinks, std::function<void()> onChange)
+      : sinks_(std::move(sinks)), onChange_(std::move(onChange)) {}
+  void upsertService(Service svc) override { each([&](StateSink& s) { s.upsertService(svc); }); }
+  void removeService(const ObjectName& id) override { each([&](StateSink& s) { s.removeService(id); }); }
+  void upsertSlice(EndpointSlice slice) override { each([&](StateSink& s) { s.upsertSlice(slice); }); }
+  void removeSlice(const ObjectName& id) override { each([&](StateSink& s) { s.removeSlice(id); }); }
+  void replaceServices(std::vector<Service> all) override { each([&](StateSink& s) { s.replaceServices(all); }); }
+  void replaceSlices(std::vector<EndpointSlice> all) override { each([&](StateSink& s) { s.replaceSlices(all); }); }
+  void synced(ResourceKind kind) override { each([&](StateSink& s) { s.synced(kind); }); }
+  // Problems go to the first store only: status reads them from there, once.
+  void problem(Problem p) override { sinks_.front()->problem(std::move(p)); }
+  void problemCleared(const std::string& object) override { sinks_.front()->problemCleared(object); }
+
+ private:
+  template <class Fn>
+  void each(Fn&& fn) {
+    for (StateSink* s : sinks_) fn(*s);
+    onChange_();
+  }
+  std::vector<StateSink*> sinks_;
+  std::function<void()> onChange_;
 };
 
 Result<std::string> readToken(const std::string& path) {
@@ -51,6 +101,38 @@ Result<std::string> readToken(const std::string& path) {
   token.erase(0, token.find_first_not_of(" \t\r\n"));
   if (token.empty()) return Status(Code::kInvalidArgument, fmt::format("--admin-token-file: {} is empty", path));
   return token;
+}
+
+// "a=1&b=%5Bfd00%3A%3A1%5D" → {a: 1, b: [fd00::1]} ('+' is a space, as forms send it).
+std::map<std::string, std::string> parseQuery(const std::string& query) {
+  auto decode = [](const std::string& in) {
+    std::string out;
+    for (size_t i = 0; i < in.size(); ++i) {
+      if (in[i] == '+') {
+        out += ' ';
+      } else if (in[i] == '%' && i + 2 < in.size() + 0 && std::isxdigit(static_cast<unsigned char>(in[i + 1])) &&
+                 std::isxdigit(static_cast<unsigned char>(in[i + 2]))) {
+        out += static_cast<char>(std::stoi(in.substr(i + 1, 2), nullptr, 16));
+        i += 2;
+      } else {
+        out += in[i];
+      }
+    }
+    return out;
+  };
+  std::map<std::string, std::string> params;
+  size_t start = 0;
+  while (start <= query.size()) {
+    size_t end = query.find('&', start);
+    if (end == std::string::npos) end = query.size();
+    std::string pair = query.substr(start, end - start);
+    if (!pair.empty()) {
+      size_t eq = pair.find('=');
+      params[decode(pair.substr(0, eq))] = eq == std::string::npos ? "" : decode(pair.substr(eq + 1));
+    }
+    start = end + 1;
+  }
+  return params;
 }
 
 void notify(const std::string& state) {
@@ -71,9 +153,15 @@ class Daemon {
   int run();
 
  private:
+  friend struct Plane;
   Status openPlanes();
+  Status startPlane(Plane& plane);
+  void stopPlane(Plane& plane);
+  Status startSource();
+  void afterSync(Plane& plane, const SyncReport& report);
+  void collect();
+  HttpResponse explainHandler(const HttpRequest& request);
   Status startServers();
-  void syncAll();
   void reload();
   void stopServers();
   NodeStatus status() const;
@@ -89,27 +177,226 @@ class Daemon {
   std::string adminToken_;
 
   std::vector<std::unique_ptr<Plane>> planes_;
+  std::unique_ptr<Source> sourceImpl_;
+  KubernetesSource* kube_ = nullptr;  // sourceImpl_, when it is the Kubernetes source
+  std::unique_ptr<FanOutSink> fanOut_;
+  std::mutex healthChecksMu_;  // update() from either family's runner thread
   std::unique_ptr<HttpServer> healthzServer_;
   std::unique_ptr<HttpServer> adminServer_;
   std::unique_ptr<ServiceHealthServers> healthChecks_;
 
   mutable std::mutex statusMu_;  // planes' status and problems_, read by the HTTP threads
-  std::vector<Problem> problems_;
   bool conntrackStatsWarned_ = false;
 };
 
 Status Daemon::openPlanes() {
   for (IPFamily family : ipFamilies(options_)) {
     auto plane = std::make_unique<Plane>();
+    plane->daemon = this;
     plane->cfg = toProxyConfig(options_, family);
     auto backend = nft::NetlinkBackend::open({options_.netns});
     if (!backend) return backend.status().withContext(fmt::format("opening nftables netlink for {}", familyName(family)));
     plane->backend = std::move(backend).value();
-    plane->dataPlane = std::make_unique<DataPlane>(plane->cfg, *plane->backend);
     plane->status.family = family;
+    // Draining needs conntrack; without it (module missing, no privilege) the proxy still works,
+    // only leaving endpoints' flows are not tracked.
+    DrainOptions drain;
+    drain.netns = options_.netns;
+    drain.enabled = options_.drainTimeout.count() > 0;
+    drain.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(options_.drainTimeout);
+    drain.pollInterval = std::min(drain.pollInterval, std::max(std::chrono::milliseconds(100), drain.timeout / 4));
+    if (auto tracker = DrainTracker::create(drain); tracker) {
+      plane->drain = std::move(tracker).value();
+    } else {
+      spdlog::warn("{}: connection draining off: {}", familyName(family), tracker.status().toString());
+    }
     planes_.push_back(std::move(plane));
   }
   return Status::ok();
+}
+
+// A fresh DataPlane (its first sync replaces the whole table: a restart adopts what is there),
+// its runner, and the drift monitor watching that table.
+Status Daemon::startPlane(Plane& plane) {
+  plane.dataPlane = std::make_unique<DataPlane>(plane.cfg, *plane.backend);
+  SyncOptions so;
+  so.minSyncPeriod = std::chrono::duration_cast<std::chrono::milliseconds>(options_.minSyncPeriod);
+  so.syncPeriod = std::chrono::duration_cast<std::chrono::milliseconds>(options_.syncPeriod);
+  plane.runner = std::make_unique<SyncRunner>(plane.store, *plane.dataPlane, so, &plane);
+  plane.runner->addListener(&plane);
+  if (plane.drain) plane.runner->addListener(plane.drain.get());
+  const uint32_t ownPort = plane.backend->portId();
+  SyncRunner* runner = plane.runner.get();
+  auto drift = DriftMonitor::open({options_.netns, plane.cfg.table(), [ownPort](uint32_t p) { return p == ownPort; }},
+                                  [runner, family = plane.cfg.family](const std::string& why) {
+                                    spdlog::warn("{}: table changed behind sluice's back ({}); repairing", familyName(family), why);
+                                    runner->requestFullSync();
+                                  });
+  if (drift) {
+    plane.drift = std::move(drift).value();
+    plane.drift->start();
+  } else {
+    spdlog::warn("{}: drift detection off: {}", familyName(plane.cfg.family), drift.status().toString());
+  }
+  plane.runner->start();
+  if (plane.drain) plane.drain->start();
+  return Status::ok();
+}
+
+void Daemon::stopPlane(Plane& plane) {
+  // Order: no more repair requests, then no more commits, then no more conntrack work.
+  if (plane.drift) plane.drift->stop();
+  if (plane.runner) plane.runner->stop();
+  if (plane.drain) plane.drain->stop();
+}
+
+Status Daemon::startSource() {
+  auto src = makeSource(options_, &kube_);
+  if (!src) return src.status();
+  sourceImpl_ = std::move(src).value();
+  source_ = sourceImpl_->name();
+  std::vector<StateSink*> sinks;
+  for (auto& plane : planes_) sinks.push_back(&plane->store.sink(source_));
+  fanOut_ = std::make_unique<FanOutSink>(std::move(sinks), [this] {
+    const auto now = system_clock::now();
+    for (auto& plane : planes_) {
+      health_.queuedUpdate(plane->cfg.family);
+      metrics_.queued(plane->cfg.family, now);
+    }
+  });
+  // A file source loads synchronously here: a broken manifest stops the start.
+  return sourceImpl_->start(*fanOut_);
+}
+
+void Plane::afterCommit(const CommitInfo& info) {
+  // Under the store's lock on the runner's thread: copy, compute gauges, no I/O.
+  auto h = serviceHealthFromSnapshot(info.snapshot, cfg);
+  size_t endpoints = 0;
+  for (const auto& [id, svc] : info.snapshot.services())
+    for (const auto& [sid, slice] : info.snapshot.slicesFor(id))
+      if (slice.addressType == cfg.family) endpoints += slice.endpoints.size();
+  daemon->metrics_.recordSnapshot(info.snapshot, cfg);
+  std::vector<Problem> problems;
+  for (auto& [id, list] : dataPlane->problems()) problems.insert(problems.end(), list.begin(), list.end());
+  std::lock_guard lock(daemon->statusMu_);
+  health = std::move(h);
+  planProblems = std::move(problems);
+  status.services = info.snapshot.services().size();
+  status.endpoints = endpoints;
+}
+
+void Plane::onSync(const SyncReport& report) { daemon->afterSync(*this, report); }
+
+void Plane::onProgrammingLatency(std::chrono::nanoseconds latency) {
+  daemon->metrics_.networkProgrammingDuration.with({familyName(cfg.family)})
+      .observe(std::chrono::duration<double>(latency).count());
+}
+
+void Daemon::afterSync(Plane& plane, const SyncReport& report) {
+  const IPFamily family = plane.cfg.family;
+  const auto now = system_clock::now();
+  DataPlane::SyncResult result;
+  result.status = report.status;
+  result.full = report.full;
+  result.operations = report.operations;
+  result.servicesPlanned = report.servicesPlanned;
+  result.applyTime = report.duration;
+  metrics_.recordSync(family, result, now);
+  if (report.status) health_.updated(family);
+  std::map<ObjectName, ServiceHealth> healthChecks;
+  {
+    std::lock_guard lock(statusMu_);
+    FamilySyncStatus& s = plane.status;
+    ++s.syncs;
+    s.lastAttempt = now;
+    s.lastOk = report.status.isOk();
+    s.lastFull = report.full;
+    s.lastDurationSeconds = std::chrono::duration<double>(report.duration).count();
+    s.lastOperations = report.operations;
+    if (report.status) {
+      s.lastSuccess = now;
+      s.lastError.clear();
+    } else {
+      ++s.failures;
+      s.lastError = report.status.toString();
+    }
+    // Health-check ports follow the desired state of both families, as kube-proxy's.
+    for (const auto& p : planes_)
+      for (const auto& [id, h] : p->health) {
+        auto [it, fresh] = healthChecks.emplace(id, h);
+        if (!fresh) it->second.localEndpoints += h.localEndpoints;  // a dual-stack Service
+      }
+  }
+  if (report.status) {
+    spdlog::debug("sync {}: {} in {:.3f} ms, {} operations, {} Services planned", familyName(family),
+                  report.full ? "full" : "partial", std::chrono::duration<double, std::milli>(report.duration).count(),
+                  report.operations, report.servicesPlanned);
+  } else {
+    spdlog::error("sync {} failed (the next sync replaces the whole table): {}", familyName(family),
+                  report.status.toString());
+    return;
+  }
+  std::vector<Problem> portProblems;
+  {
+    std::lock_guard lock(healthChecksMu_);
+    portProblems = healthChecks_->update(healthChecks);
+  }
+  std::lock_guard lock(statusMu_);
+  for (Problem& p : portProblems) plane.planProblems.push_back(std::move(p));
+}
+
+// /explain?src=..&dst=..&port=..&proto=..[&from=node][&format=text]: the running state's answer.
+HttpResponse Daemon::explainHandler(const HttpRequest& request) {
+  auto q = parseQuery(request.query);
+  std::string dst = q["dst"];
+  if (dst.find(':') != std::string::npos && dst.front() != '[') dst = "[" + dst + "]";
+  auto req = parseExplainRequest(q["src"], dst + ":" + q["port"] + "/" + (q["proto"].empty() ? "tcp" : q["proto"]));
+  if (!req) return HttpResponse::text(400, req.status().message() + "\nusage: /explain?src=IP&dst=IP&port=N&proto=tcp|udp|sctp\n");
+  req->fromNode = q["from"] == "node";
+  for (auto& plane : planes_) {
+    if (plane->cfg.family != req->dst.family()) continue;
+    Snapshot snapshot = plane->store.withSnapshot([](Snapshot& s) { return s; });
+    auto ex = explain(snapshot, plane->cfg, *req);
+    if (!ex) return HttpResponse::text(422, ex.status().toString() + "\n");
+    return q["format"] == "text" ? HttpResponse::text(200, ex->toString()) : HttpResponse::json(200, ex->toJson() + "\n");
+  }
+  return HttpResponse::text(422, fmt::format("{} is not proxied on this node\n", familyName(req->dst.family())));
+}
+
+// At scrape time: what the drain trackers, drift monitors and the source count.
+void Daemon::collect() {
+  collectConntrackStats();
+  uint64_t completedFlows = 0, completedDeadline = 0, completedReturned = 0;
+  for (auto& plane : planes_) {
+    const std::string fam = familyName(plane->cfg.family);
+    if (plane->drain) {
+      size_t flows = 0;
+      auto draining = plane->drain->draining();
+      for (const DrainingEndpoint& d : draining) flows += d.liveFlows;
+      metrics_.drainingEndpoints.with({fam}).set(static_cast<double>(draining.size()));
+      metrics_.drainingFlows.with({fam}).set(static_cast<double>(flows));
+      DrainStats st = plane->drain->stats();
+      metrics_.udpConntrackDeleted.with({fam}).set(static_cast<double>(st.udpEntriesDeleted));
+      completedFlows += st.drained;
+      completedDeadline += st.expired;
+      completedReturned += st.returned;
+    }
+    if (plane->drift) metrics_.driftRepairs.with({fam}).set(static_cast<double>(plane->drift->driftsDetected()));
+  }
+  metrics_.drainsCompleted.with({"flows_gone"}).set(static_cast<double>(completedFlows));
+  metrics_.drainsCompleted.with({"deadline"}).set(static_cast<double>(completedDeadline));
+  metrics_.drainsCompleted.with({"returned"}).set(static_cast<double>(completedReturned));
+  if (kube_) {
+    KubernetesSourceStats ks = kube_->stats();
+    // Summed over both reflectors: the resource label says so.
+    metrics_.watchRelists.with({"kubernetes", "all"}).set(static_cast<double>(ks.relists));
+  }
+  std::lock_guard lock(statusMu_);
+  size_t problems = 0;
+  for (auto& plane : planes_) problems += plane->planProblems.size();
+  if (!planes_.empty())
+    for (const auto& [obj, list] : planes_.front()->store.problems()) problems += list.size();
+  metrics_.problems.get().set(static_cast<double>(problems));
 }
 
 Status Daemon::startServers() {
@@ -153,10 +440,11 @@ Status Daemon::startServers() {
       r.contentType = "text/html; charset=utf-8";
       return r;
     };
+    adminServer_->route("GET", "/explain", [this](const HttpRequest& r) { return explainHandler(r); }, admin);
     adminServer_->route("GET", "/", html, admin);
     adminServer_->route("GET", "/status.html", html, admin);
     if (Status st = adminServer_->start(); !st) return st.withContext("--metrics-bind-address");
-    spdlog::info("admin: serving /metrics, /status, / on {}{}", adminServer_->boundAddress(),
+    spdlog::info("admin: serving /metrics, /status, /explain, / on {}{}", adminServer_->boundAddress(),
                  adminToken_.empty() ? "" : " (bearer token required)");
   }
   return Status::ok();
@@ -166,60 +454,6 @@ void Daemon::stopServers() {
   if (healthChecks_) healthChecks_->stop();
   if (adminServer_) adminServer_->stop();
   if (healthzServer_) healthzServer_->stop();
-}
-
-void Daemon::syncAll() {
-  std::map<ObjectName, ServiceHealth> healthChecks;
-  std::vector<Problem> problems;
-  for (auto& plane : planes_) {
-    const IPFamily family = plane->cfg.family;
-    if (!plane->snapshot.dirty().empty() || plane->dataPlane->fullSyncPending()) {
-      health_.queuedUpdate(family);
-      metrics_.queued(family, system_clock::now());
-    }
-    metrics_.recordSnapshot(plane->snapshot, plane->cfg);
-    for (auto& [id, h] : serviceHealthFromSnapshot(plane->snapshot, plane->cfg)) {
-      auto [it, fresh] = healthChecks.emplace(id, h);
-      if (!fresh) it->second.localEndpoints += h.localEndpoints;  // a dual-stack Service
-    }
-    DataPlane::SyncResult result = plane->dataPlane->sync(plane->snapshot);
-    const auto now = system_clock::now();
-    metrics_.recordSync(family, result, now);
-    if (result.status) health_.updated(family);
-    {
-      std::lock_guard lock(statusMu_);
-      FamilySyncStatus& s = plane->status;
-      ++s.syncs;
-      s.lastAttempt = now;
-      s.lastOk = result.status.isOk();
-      s.lastFull = result.full;
-      s.lastDurationSeconds = std::chrono::duration<double>(result.planTime + result.applyTime).count();
-      s.lastOperations = result.operations;
-      s.services = plane->snapshot.services().size();
-      if (result.status) {
-        s.lastSuccess = now;
-        s.lastError.clear();
-      } else {
-        ++s.failures;
-        s.lastError = result.status.toString();
-      }
-    }
-    if (result.status) {
-      spdlog::debug("sync {}: {} in {:.3f} ms, {} operations, {} Services planned", familyName(family),
-                    result.full ? "full" : "partial",
-                    std::chrono::duration<double, std::milli>(result.planTime + result.applyTime).count(),
-                    result.operations, result.servicesPlanned);
-    } else {
-      spdlog::error("sync {} failed (the next sync replaces the whole table): {}", familyName(family),
-                    result.status.toString());
-    }
-    for (auto& [id, list] : plane->dataPlane->problems()) problems.insert(problems.end(), list.begin(), list.end());
-  }
-  // Health-check ports follow the desired state, as kube-proxy's SyncServices/SyncEndpoints.
-  for (Problem& p : healthChecks_->update(healthChecks)) problems.push_back(std::move(p));
-  metrics_.problems.get().set(static_cast<double>(problems.size()));
-  std::lock_guard lock(statusMu_);
-  problems_ = std::move(problems);
 }
 
 void Daemon::reload() {
@@ -245,23 +479,35 @@ void Daemon::reload() {
   needsRestart("the IP families (--service-cluster-ip-range, --cluster-cidr)", ipFamilies(n) != ipFamilies(options_));
   needsRestart("--admin-token-file", n.adminTokenFile != options_.adminTokenFile);
   needsRestart("--sync-period (the /healthz timeout)", n.syncPeriod != options_.syncPeriod);
-  // What shapes the rules is applied now: a new DataPlane whose first sync replaces the table.
+  needsRestart("--min-sync-period, --drain-timeout", n.minSyncPeriod != options_.minSyncPeriod ||
+                                                      n.drainTimeout != options_.drainTimeout);
+  // What shapes the rules is applied now: a new DataPlane (and runner) whose first sync
+  // replaces the table.
   for (auto& plane : planes_) {
     ProxyConfig cfg = toProxyConfig(n, plane->cfg.family);
     if (cfg.nodeName == plane->cfg.nodeName && cfg.clusterCIDRs == plane->cfg.clusterCIDRs &&
         cfg.masqueradeAll == plane->cfg.masqueradeAll && cfg.masqueradeBit == plane->cfg.masqueradeBit)
       continue;
     spdlog::info("reload: {} rules change; replacing the table", familyName(plane->cfg.family));
+    stopPlane(*plane);
     plane->cfg = cfg;
-    plane->dataPlane = std::make_unique<DataPlane>(cfg, *plane->backend);
+    (void)startPlane(*plane);
   }
   const std::string keepNetns = options_.netns;
   const auto keepSync = options_.syncPeriod;
+  const auto keepMinSync = options_.minSyncPeriod;
+  const auto keepDrain = options_.drainTimeout;
+  const std::string keepSource = options_.source, keepKubeconfig = options_.kubeconfig, keepMaster = options_.master;
   options_ = std::move(n);
   options_.netns = keepNetns;      // the sockets already live there
   options_.syncPeriod = keepSync;  // health_ was built with it
+  options_.minSyncPeriod = keepMinSync;
+  options_.drainTimeout = keepDrain;
+  options_.source = keepSource;  // the running source stays
+  options_.kubeconfig = keepKubeconfig;
+  options_.master = keepMaster;
   spdlog::info("reload: configuration applied");
-  syncAll();
+  for (auto& plane : planes_) plane->runner->requestFullSync();
   notify("READY=1");
 }
 
@@ -277,9 +523,29 @@ NodeStatus Daemon::status() const {
   s.healthy = h.healthy;
   s.nodeEligible = h.nodeEligible;
   s.healthCheckNodePorts = healthChecks_->served();
+  for (const auto& plane : planes_) {
+    if (plane->drain)
+      for (DrainingEndpoint& d : plane->drain->draining()) s.draining.push_back(std::move(d));
+  }
+  if (!planes_.empty()) {
+    // Problems the source reported (kept in the first family's store, see FanOutSink).
+    for (const auto& [obj, list] : planes_.front()->store.problems())
+      s.problems.insert(s.problems.end(), list.begin(), list.end());
+    NodeStatus::SourceStatus src{source_, planes_.front()->store.ready(), ""};
+    if (kube_) {
+      KubernetesSourceStats k = kube_->stats();
+      src.detail = fmt::format("lists {}, relists {}, watches {}, events {}, lease expiries {}, failovers {}, errors {}",
+                               k.lists, k.relists, k.watches, k.events, k.leaseExpiries, k.failovers, k.errors);
+    }
+    s.sources.push_back(std::move(src));
+  }
   std::lock_guard lock(statusMu_);
-  for (const auto& plane : planes_) s.families.push_back(plane->status);
-  s.problems = problems_;
+  for (const auto& plane : planes_) {
+    FamilySyncStatus f = plane->status;
+    if (plane->drift) f.driftRepairs = plane->drift->driftsDetected();
+    s.families.push_back(f);
+    s.problems.insert(s.problems.end(), plane->planProblems.begin(), plane->planProblems.end());
+  }
   return s;
 }
 
@@ -329,30 +595,23 @@ int Daemon::run() {
     stopServers();
     return kExitFailure;
   }
-  registry_.onCollect([this] { collectConntrackStats(); });
+  registry_.onCollect([this] { collect(); });
 
-  // ---- SEAM: sources, store and sync runner (issues 4 and 5) -----------------------------
-  // The Source named by source_ ("kubernetes" or "file:PATH", issue 4) will deliver into the
-  // reconciler's Store, whose SyncRunner (issue 5) owns the per-family Snapshots, batches
-  // changes by --min-sync-period, calls DataPlane::sync, reports to health_/metrics_ and hands
-  // the health-check ports to healthChecks_ — i.e. it replaces syncAll() and the periodic
-  // wake-up below, leaving this thread to wait for signals. The Kubernetes source's Node
-  // watch also drives health_.setNodeEligible(). Until then the planes program an empty
-  // desired state: the base table, so the node is ready for traffic the moment state arrives.
-  spdlog::warn("source {} is not wired yet: programming the base table only", source_);
-  // -----------------------------------------------------------------------------------------
-
-  syncAll();
+  // One source feeds every family's store; each family's runner commits on its own thread.
+  if (Status st = startSource(); !st) {
+    spdlog::error("source: {}", st.toString());
+    stopServers();
+    return kExitFailure;
+  }
+  for (auto& plane : planes_) (void)startPlane(*plane);
   notify(fmt::format("READY=1\nSTATUS=serving, source {}", source_));
 
   for (;;) {
     const auto period = std::chrono::duration_cast<std::chrono::nanoseconds>(options_.syncPeriod);
     timespec wait{static_cast<time_t>(period.count() / 1000000000), static_cast<long>(period.count() % 1000000000)};
+    // The runners sync on their own; this thread only takes signals.
     int sig = sigtimedwait(&signals, nullptr, &wait);
-    if (sig < 0) {
-      if (errno == EAGAIN) syncAll();  // periodic sync
-      continue;                        // EINTR: a signal we do not handle
-    }
+    if (sig < 0) continue;  // EAGAIN (timeout) or EINTR
     if (sig == SIGHUP) {
       spdlog::info("SIGHUP: reloading configuration");
       reload();
@@ -362,6 +621,9 @@ int Daemon::run() {
     break;
   }
   notify("STOPPING=1");
+  // The rules stay: the next start adopts them with a full (atomic) replacement.
+  sourceImpl_->stop();
+  for (auto& plane : planes_) stopPlane(*plane);
   stopServers();
   spdlog::info("stopped");
   return kExitOk;

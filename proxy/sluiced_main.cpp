@@ -38,6 +38,20 @@ int main(int argc, char** argv) {
     registered.emplace_back(&spec, opt);
   }
 
+  // `sluiced explain SRC DST:PORT/PROTO`: the daemon's flags (--source, --config, …) still
+  // apply, so the answer is computed from the same desired state and ProxyConfig.
+  CLI::App* explainCmd = app.add_subcommand(
+      "explain", "Show what the rules do with one new connection: Service, endpoints and their probabilities, "
+                 "masquerade, reject/drop and why, the matched rules.");
+  explainCmd->fallthrough();
+  std::string explainSrc, explainDst;
+  bool explainFromNode = false, explainJson = false;
+  explainCmd->add_option("SRC", explainSrc, "source address")->required();
+  explainCmd->add_option("DST:PORT/PROTO", explainDst, "destination, e.g. 198.19.0.10:80/tcp or [fd00::a]:53/udp")
+      ->required();
+  explainCmd->add_flag("--from-node", explainFromNode, "sent by a process on the node (output hook)");
+  explainCmd->add_flag("--json", explainJson, "print JSON");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -70,5 +84,7 @@ int main(int argc, char** argv) {
   for (const std::string& w : warnings) spdlog::warn("config: {}", w);
 
   if (options->cleanup) return sluiced::runCleanup(*options);
+  if (explainCmd->parsed())
+    return sluiced::runExplain(*options, explainSrc, explainDst, explainFromNode, explainJson);
   return sluiced::runDaemon(std::move(options).value(), std::move(given));
 }

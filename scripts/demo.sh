@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds sluice and runs the demo: Services programmed over netlink into a throw-away network
-# namespace topology, real traffic through their IPs, and which backends answered.
+# Builds sluice and runs the demo: sluiced on a manifest file inside a throw-away network
+# namespace topology; real traffic through the Service IP, a manifest edit and the drain it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh

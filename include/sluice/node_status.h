@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "sluice/drain_tracker.h"
 #include "sluice/healthcheck.h"
 #include "sluice/ip.h"
 #include "sluice/model.h"
@@ -25,6 +26,8 @@ struct FamilySyncStatus {
   double lastDurationSeconds = 0;
   size_t lastOperations = 0;
   size_t services = 0;
+  size_t endpoints = 0;        // endpoint entries in the desired state of this family
+  uint64_t driftRepairs = 0;   // foreign edits of the table noticed (each forces a full sync)
 };
 
 struct NodeStatus {
@@ -39,6 +42,15 @@ struct NodeStatus {
   std::vector<FamilySyncStatus> families;
   std::vector<Problem> problems;
   std::map<ObjectName, ServiceHealth> healthCheckNodePorts;
+  // Where desired state comes from, and whether each source has delivered everything once.
+  struct SourceStatus {
+    std::string name;
+    bool synced = false;
+    std::string detail;  // e.g. the Kubernetes source's counters
+  };
+  std::vector<SourceStatus> sources;
+  // Endpoints that stopped receiving new connections and whose flows are still counted.
+  std::vector<DrainingEndpoint> draining;
 };
 
 std::string statusJson(const NodeStatus& status);

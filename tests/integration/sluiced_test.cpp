@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -76,13 +78,45 @@ std::optional<testing::RawResponse> waitFor(const Netns& ns, uint16_t port, cons
   return std::nullopt;
 }
 
+// A manifest file in a fresh directory, replaced atomically by write() as editors do.
+struct TempManifest {
+  std::string dir;
+  std::string path;
+  explicit TempManifest(const std::string& text) {
+    char tmpl[] = "/tmp/sluiced-test-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    dir = tmpl;
+    path = dir + "/services.yaml";
+    write(text);
+  }
+  ~TempManifest() { std::filesystem::remove_all(dir); }
+  void write(const std::string& text) const {
+    std::ofstream(path + ".tmp") << text;
+    std::filesystem::rename(path + ".tmp", path);
+  }
+};
+
+// Service test/web on 198.19.0.10:80 → 8080 on backends 1..n of the topology.
+std::string webManifest(int n) {
+  std::string out =
+      "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: test}\n"
+      "spec: {clusterIP: 198.19.0.10, clusterIPs: [198.19.0.10], ports: [{name: http, protocol: TCP, port: 80}]}\n"
+      "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+      "metadata: {name: web-1, namespace: test, labels: {kubernetes.io/service-name: web}}\n"
+      "addressType: IPv4\nports: [{name: http, protocol: TCP, port: 8080}]\nendpoints:\n";
+  for (int i = 1; i <= n; ++i)
+    out += "- addresses: [" + Topology::backendIP(i, IPFamily::kV4).toString() + "]\n  nodeName: node-1\n";
+  return out;
+}
+
 }  // namespace
 
 TEST_CASE("sluiced: serves health, metrics and status in its netns; SIGTERM keeps the rules; --cleanup removes them") {
   auto ns = Netns::create("sluiced");
   REQUIRE(ns);
   const std::string netns = ns->path();
-  const std::vector<std::string> common = {SLUICED_PATH, "--netns", netns, "--source", "file:/nonexistent/services.yaml",
+  TempManifest manifest("");  // an empty manifest: no Services, the base table only
+  const std::vector<std::string> common = {SLUICED_PATH, "--netns", netns, "--source", "file:" + manifest.path,
                                            "--hostname-override", "node-1"};
   std::vector<std::string> args = common;
   for (const char* a : {"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249",
@@ -134,11 +168,11 @@ TEST_CASE("sluiced: serves health, metrics and status in its netns; SIGTERM keep
   std::this_thread::sleep_for(200ms);
   CHECK(getIn(*ns, 10256, "/healthz")->status == 200);
 
-  // The periodic sync runs (sync period 1 s): a second, partial sync shows up.
+  // The periodic full sync runs (sync period 1 s; the reload asked for one more).
   std::this_thread::sleep_for(1300ms);
   auto later = getIn(*ns, 10249, "/metrics");
   REQUIRE(later);
-  CHECK(later->body.find("kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}") != std::string::npos);
+  CHECK(later->body.find("kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1\n") == std::string::npos);
 
   REQUIRE(::kill(daemon.pid(), SIGTERM) == 0);
   CHECK(daemon.wait(5s) == 0);
@@ -194,4 +228,82 @@ TEST_CASE("health-check node ports listen inside the node namespace") {
   CHECK(getIn(*ns, 30999, "/")->status == 503);
   servers.stop();
   CHECK_FALSE(getIn(*ns, 30999, "/"));
+}
+
+TEST_CASE("sluiced: a file source's Service carries traffic; a manifest edit moves it; /status and /explain show it") {
+  auto topo = Topology::create({2, false, false});
+  REQUIRE(topo);
+  Topology& t = **topo;
+  std::vector<std::unique_ptr<Server>> servers;
+  for (int i = 1; i <= 2; ++i) {
+    auto s = Server::start(t.backend(i), Protocol::kTCP, IPFamily::kV4, 8080, "backend-" + std::to_string(i));
+    REQUIRE(s);
+    servers.push_back(std::move(s).value());
+  }
+  TempManifest manifest(webManifest(2));
+  Child daemon({SLUICED_PATH, "--netns", t.node().path(), "--source", "file:" + manifest.path, "--hostname-override",
+                "node-1", "--cluster-cidr", Topology::podCIDR(IPFamily::kV4).toString(), "--healthz-bind-address",
+                "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249", "--min-sync-period", "0s",
+                "--drain-timeout", "1s"});
+  REQUIRE(daemon.pid() > 0);
+  const IPAddress web = IPAddress::parse("198.19.0.10").value();
+
+  auto statusWhere = [&](auto pred) -> std::optional<nlohmann::json> {
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (auto r = getIn(t.node(), 10249, "/status"); r && r->status == 200) {
+        auto j = nlohmann::json::parse(r->body);
+        if (pred(j)) return j;
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    return std::nullopt;
+  };
+  auto programmed = statusWhere([](const nlohmann::json& j) {
+    return j["families"].size() == 1 && j["families"][0]["endpoints"] == 2 && j["families"][0]["lastOk"] == true;
+  });
+  REQUIRE(programmed);
+  CHECK((*programmed)["families"][0]["services"] == 1);
+  REQUIRE((*programmed)["sources"].size() == 1);
+  CHECK((*programmed)["sources"][0]["name"] == "file:" + manifest.path);
+  CHECK((*programmed)["sources"][0]["synced"] == true);
+
+  auto before = spread(t.client(), Protocol::kTCP, web, 80, 30);
+  CHECK(before["backend-1"] > 0);
+  CHECK(before["backend-2"] > 0);
+  CHECK(before["backend-1"] + before["backend-2"] == 30);
+
+  // The running daemon explains the same Service from its state.
+  auto ex = getIn(t.node(), 10249, "/explain?src=198.18.1.100&dst=198.19.0.10&port=80&proto=tcp");
+  REQUIRE(ex);
+  REQUIRE(ex->status == 200);
+  auto exj = nlohmann::json::parse(ex->body);
+  CHECK(exj["service"]["name"] == "test/web");
+  CHECK(exj["endpoints"].size() == 2);
+  CHECK(exj["masquerade"] == false);
+
+  // Backend 2 leaves the manifest: the file source sees the rename, the runner commits.
+  manifest.write(webManifest(1));
+  auto moved = statusWhere([](const nlohmann::json& j) { return j["families"][0]["endpoints"] == 1; });
+  REQUIRE(moved);
+  // Status reflects the commit once the runner has synced (it counts the state it committed).
+  auto after = spread(t.client(), Protocol::kTCP, web, 80, 20);
+  CHECK(after["backend-1"] == 20);
+  CHECK(after.count("backend-2") == 0);
+  auto ex2 = getIn(t.node(), 10249, "/explain?src=198.18.1.100&dst=198.19.0.10&port=80&proto=tcp&format=text");
+  REQUIRE(ex2);
+  CHECK(ex2->body.find("198.18.1.11:8080  p=1.000") != std::string::npos);
+
+  auto metrics = getIn(t.node(), 10249, "/metrics");
+  REQUIRE(metrics);
+  CHECK(metrics->body.find("kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}") !=
+        std::string::npos);
+  CHECK(metrics->body.find("kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"}") !=
+        std::string::npos);
+
+  REQUIRE(::kill(daemon.pid(), SIGTERM) == 0);
+  CHECK(daemon.wait(5s) == 0);
+  // The rules stay: traffic still flows with sluiced stopped.
+  CHECK(spread(t.client(), Protocol::kTCP, web, 80, 5)["backend-1"] == 5);
+  servers.clear();
 }
