@@ -7,6 +7,7 @@
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <unistd.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -34,11 +36,6 @@ namespace fs = std::filesystem;
 constexpr size_t kMaxYamlNodes = 1'000'000;
 constexpr size_t kMaxYamlBytes = 64u << 20;
 constexpr int kMaxYamlDepth = 200;
-
-struct YamlLimits {
-  size_t nodes = 0;
-  size_t bytes = 0;
-};
 
 bool isYamlNull(const std::string& s) { return s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL"; }
 
@@ -80,47 +77,143 @@ json plainScalar(const std::string& s) {
   return s;
 }
 
-Status yamlToJson(const YAML::Node& node, int depth, YamlLimits& limits, json& out) {
-  if (++limits.nodes > kMaxYamlNodes) return Status(Code::kInvalidArgument, "too many YAML nodes (alias expansion?)");
-  if (depth > kMaxYamlDepth) return Status(Code::kInvalidArgument, "YAML nested too deeply");
-  switch (node.Type()) {
-    case YAML::NodeType::Undefined:
-    case YAML::NodeType::Null:
-      out = nullptr;
-      return Status::ok();
-    case YAML::NodeType::Scalar: {
-      const std::string& tag = node.Tag();
-      const std::string& text = node.Scalar();
-      limits.bytes += text.size();
-      if (limits.bytes > kMaxYamlBytes)
-        return Status(Code::kInvalidArgument, "YAML expands to too many bytes (alias expansion?)");
-      if (tag == "!" || tag == "tag:yaml.org,2002:str") out = text;  // quoted or !!str
-      else out = plainScalar(text);
-      return Status::ok();
+// Builds JSON straight from yaml-cpp's parser events (no YAML::Node tree in between).
+// Driving the parser ourselves is also how a yaml-cpp 0.7 bug is kept out: on input such as
+// `{"a":1},x` its LoadAll() loops forever, appending a null document per turn without consuming
+// a token (fixed upstream in yaml-cpp PR #1319, not in Debian 12's 0.7.0). A document that
+// starts where the previous one started is that loop, and is reported as a syntax error.
+class JsonBuilder final : public YAML::EventHandler {
+ public:
+  struct Failure {
+    YAML::Mark mark;
+    std::string what;
+  };
+
+  json takeDocument() { return std::move(document_); }
+  const YAML::Mark& documentStart() const { return start_; }
+  // The first problem in the document just parsed. Events after it are ignored; it is reported
+  // only if the parser itself finds nothing (its own error describes a broken file better:
+  // on `{"a": 1,` it still emits a null key before it notices the missing brace).
+  const std::optional<Failure>& failure() const { return failure_; }
+
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    start_ = mark;
+    document_ = nullptr;
+    stack_.clear();
+    anchors_.clear();  // anchors are scoped to their document
+  }
+  void OnDocumentEnd() override {}
+
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+    add(mark, json(nullptr), anchor, Counts{1, 0}, nullptr);
+  }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+    if (failure_) return;
+    auto it = anchors_.find(anchor);
+    if (it == anchors_.end()) return fail(mark, "alias to an unknown anchor");
+    const Anchored& a = it->second;
+    add(mark, a.value, 0, a.counts, a.keyText ? &*a.keyText : nullptr);
+  }
+  void OnScalar(const YAML::Mark& mark, const std::string& tag, YAML::anchor_t anchor,
+                const std::string& text) override {
+    if (failure_) return;
+    // "!" marks a quoted scalar, which is always a string; plain ones resolve by the core schema.
+    json v = (tag == "!" || tag == "tag:yaml.org,2002:str") ? json(text) : plainScalar(text);
+    add(mark, std::move(v), anchor, Counts{1, text.size()}, &text);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
+                       YAML::EmitterStyle::value) override {
+    open(mark, json::array(), anchor);
+  }
+  void OnSequenceEnd() override { close(); }
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
+                  YAML::EmitterStyle::value) override {
+    open(mark, json::object(), anchor);
+  }
+  void OnMapEnd() override { close(); }
+
+ private:
+  struct Counts {
+    size_t nodes = 0;
+    size_t bytes = 0;
+  };
+  struct Frame {
+    json value;
+    YAML::Mark mark;
+    YAML::anchor_t anchor = 0;
+    Counts counts{1, 0};
+    std::optional<std::string> key;  // a mapping's key waiting for its value
+  };
+  struct Anchored {
+    json value;
+    Counts counts;
+    std::optional<std::string> keyText;  // scalars only: usable as a mapping key
+  };
+
+  void fail(const YAML::Mark& mark, std::string what) {
+    if (!failure_) failure_ = Failure{mark, std::move(what)};
+  }
+
+  void open(const YAML::Mark& mark, json empty, YAML::anchor_t anchor) {
+    if (failure_) return;
+    if (stack_.size() >= size_t(kMaxYamlDepth)) return fail(mark, "YAML nested too deeply");
+    if (!stack_.empty() && stack_.back().value.is_object() && !stack_.back().key)
+      return fail(mark, "a mapping key is not a scalar");
+    if (!charge(mark, Counts{1, 0})) return;
+    stack_.push_back(Frame{std::move(empty), mark, anchor, Counts{1, 0}, std::nullopt});
+  }
+
+  void close() {
+    if (failure_) return;
+    Frame f = std::move(stack_.back());
+    stack_.pop_back();
+    if (f.anchor) anchors_[f.anchor] = Anchored{f.value, f.counts, std::nullopt};
+    place(f.mark, std::move(f.value), f.counts, nullptr);
+  }
+
+  void add(const YAML::Mark& mark, json v, YAML::anchor_t anchor, Counts c, const std::string* keyText) {
+    if (failure_ || !charge(mark, c)) return;
+    if (anchor) anchors_[anchor] = Anchored{v, c, keyText ? std::optional<std::string>(*keyText) : std::nullopt};
+    place(mark, std::move(v), c, keyText);
+  }
+
+  // Puts a finished value into its parent: the next item of a list, a key, or a key's value.
+  void place(const YAML::Mark& mark, json v, Counts c, const std::string* keyText) {
+    if (stack_.empty()) {
+      document_ = std::move(v);
+      return;
     }
-    case YAML::NodeType::Sequence: {
-      out = json::array();
-      for (const auto& item : node) {
-        json v;
-        if (auto s = yamlToJson(item, depth + 1, limits, v); !s.isOk()) return s;
-        out.push_back(std::move(v));
-      }
-      return Status::ok();
-    }
-    case YAML::NodeType::Map: {
-      out = json::object();
-      for (const auto& kv : node) {
-        if (!kv.first.IsScalar()) return Status(Code::kInvalidArgument, "a mapping key is not a scalar");
-        limits.bytes += kv.first.Scalar().size();
-        json v;
-        if (auto s = yamlToJson(kv.second, depth + 1, limits, v); !s.isOk()) return s;
-        out[kv.first.Scalar()] = std::move(v);
-      }
-      return Status::ok();
+    Frame& parent = stack_.back();
+    parent.counts.nodes += c.nodes;
+    parent.counts.bytes += c.bytes;
+    if (parent.value.is_array()) {
+      parent.value.push_back(std::move(v));
+    } else if (!parent.key) {
+      if (!keyText || v.is_null()) return fail(mark, "a mapping key is not a scalar");
+      parent.key = *keyText;
+    } else {
+      parent.value[*parent.key] = std::move(v);
+      parent.key.reset();
     }
   }
-  return Status::ok();
-}
+
+  // Aliases expand: a few anchors can name an exponential tree ("billion laughs"). Counting
+  // what each anchor holds refuses the expansion before it is built.
+  bool charge(const YAML::Mark& mark, Counts c) {
+    total_.nodes += c.nodes;
+    total_.bytes += c.bytes;
+    if (total_.nodes > kMaxYamlNodes) fail(mark, "too many YAML nodes (alias expansion?)");
+    if (total_.bytes > kMaxYamlBytes) fail(mark, "YAML expands to too many bytes (alias expansion?)");
+    return !failure_;
+  }
+
+  YAML::Mark start_;
+  json document_;
+  std::vector<Frame> stack_;
+  std::map<YAML::anchor_t, Anchored> anchors_;
+  Counts total_;
+  std::optional<Failure> failure_;
+};
 
 bool endsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
@@ -148,14 +241,21 @@ Result<std::vector<json>> parseDocuments(std::string_view text, const std::strin
       return docs;
     }
   }
+  std::istringstream in{std::string(text)};
+  JsonBuilder builder;
   try {
-    std::vector<YAML::Node> nodes = YAML::LoadAll(std::string(text));
-    YamlLimits limits;
-    for (size_t i = 0; i < nodes.size(); ++i) {
-      json doc;
-      if (auto s = yamlToJson(nodes[i], 0, limits, doc); !s.isOk())
-        return syntaxError(fileName, fmt::format("document {}: {}", i, s.message()));
-      docs.push_back(std::move(doc));
+    YAML::Parser parser(in);
+    std::optional<int> lastStart;
+    while (parser.HandleNextDocument(builder)) {
+      const YAML::Mark& at = builder.documentStart();
+      if (lastStart == at.pos)  // the LoadAll loop described at JsonBuilder
+        return syntaxError(fileName, fmt::format("line {} column {}: unexpected token",
+                                                 at.line + 1, at.column + 1));
+      lastStart = at.pos;
+      if (const auto& f = builder.failure())
+        return syntaxError(fileName, fmt::format("document {} line {} column {}: {}", docs.size(),
+                                                 f->mark.line + 1, f->mark.column + 1, f->what));
+      docs.push_back(builder.takeDocument());
     }
   } catch (const YAML::Exception& e) {
     return syntaxError(fileName, fmt::format("line {} column {}: {}", e.mark.line + 1,

@@ -28,7 +28,10 @@ done
 cd "$build"
 for target in watch manifest; do
   echo "== ${target}_fuzz for ${seconds}s"
-  "./tests/fuzz/${target}_fuzz" -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 \
+  # -timeout turns an input that hangs the parser into a reported failure (yaml-cpp 0.7 has such
+  # loops); the outer timeout is the backstop, so CI can never wait on a fuzzer.
+  timeout --kill-after=10 "$((seconds + 120))" \
+    "./tests/fuzz/${target}_fuzz" -max_total_time="$seconds" -timeout=10 -max_len=65536 -rss_limit_mb=2048 \
     -print_final_stats=1 "corpus/$target" 2>&1 | tail -n 12
   test "${PIPESTATUS[0]}" -eq 0
 done
