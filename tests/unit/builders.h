@@ -5,10 +5,21 @@
 #include <vector>
 
 #include "sluice/model.h"
+#include "sluice/planner.h"
 
 namespace sluice::testing {
 
 inline IPAddress ip(const char* s) { return IPAddress::parse(s).value(); }
+
+// The planner configuration most tests share: node "node-a", the family's pod CIDR
+// (198.18.0.0/16 or fd00:1::/64) as cluster CIDR.
+inline ProxyConfig config(IPFamily family = IPFamily::kV4) {
+  ProxyConfig cfg;
+  cfg.nodeName = "node-a";
+  cfg.family = family;
+  cfg.clusterCIDRs = {IPPrefix::parse(family == IPFamily::kV4 ? "198.18.0.0/16" : "fd00:1::/64").value()};
+  return cfg;
+}
 
 inline Service clusterIPService(const std::string& ns, const std::string& name, const char* clusterIP,
                                 std::vector<ServicePort> ports) {

@@ -17,13 +17,6 @@ using namespace sluice::testing;
 
 namespace {
 
-ProxyConfig config() {
-  ProxyConfig cfg;
-  cfg.nodeName = "node-a";
-  cfg.clusterCIDRs = {IPPrefix::parse("198.18.0.0/16").value()};
-  return cfg;
-}
-
 Snapshot state() {
   Snapshot s;
   s.upsertService(clusterIPService("default", "web", "198.19.0.10", {{"http", Protocol::kTCP, 80, 0}}));

@@ -16,13 +16,6 @@ using namespace sluice::testing;
 
 namespace {
 
-ProxyConfig config() {
-  ProxyConfig cfg;
-  cfg.nodeName = "node-a";
-  cfg.clusterCIDRs = {IPPrefix::parse("198.18.0.0/16").value()};
-  return cfg;
-}
-
 std::string readFile(const std::string& path) {
   std::ifstream in(path);
   std::stringstream ss;

@@ -17,14 +17,6 @@ namespace {
 
 IPPrefix prefix(const char* s) { return IPPrefix::parse(s).value(); }
 
-ProxyConfig config(IPFamily f = IPFamily::kV4) {
-  ProxyConfig cfg;
-  cfg.nodeName = "node-a";
-  cfg.family = f;
-  cfg.clusterCIDRs = {prefix("198.18.0.0/16"), prefix("fd00:1::/64")};
-  return cfg;
-}
-
 const FragmentChain* chainWithPrefix(const ServiceFragment& f, const std::string& prefix) {
   for (const auto& c : f.chains)
     if (c.name.rfind(prefix, 0) == 0) return &c;

@@ -15,14 +15,6 @@ using namespace sluice::testing;
 
 namespace {
 
-ProxyConfig config(IPFamily family = IPFamily::kV4) {
-  ProxyConfig cfg;
-  cfg.nodeName = "node-a";
-  cfg.family = family;
-  cfg.clusterCIDRs = {IPPrefix::parse(family == IPFamily::kV4 ? "198.18.0.0/16" : "fd00:1::/64").value()};
-  return cfg;
-}
-
 // A ClusterIP Service "default/<name>" on port 80/TCP with `backends` behind target port 8080.
 void addService(Snapshot& s, const std::string& name, const char* clusterIP, std::vector<Endpoint> backends) {
   s.upsertService(clusterIPService("default", name, clusterIP, {{"http", Protocol::kTCP, 80, 0}}));
