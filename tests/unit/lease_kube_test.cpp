@@ -89,6 +89,17 @@ struct KubeRig {
   }
 };
 
+// Registrants and an observer on their own stores, the observer's LeaseSource publishing
+// through a KubeEndpointsPublisher that forwards to `local` (the proxy's store, in sluiced).
+struct ReconcilerRig {
+  KubeRig rig;
+  std::unique_ptr<KubeLeaseStore> registrants = rig.store();
+  std::unique_ptr<KubeLeaseStore> observer = rig.store();
+  RecordingSink local;
+  std::unique_ptr<KubeEndpointsPublisher> publisher = rig.publisher(&local);
+  LeaseReconcilerConfig rc{{"default", "web"}, std::nullopt, 100ms};
+};
+
 LeaseSpec fullSpec() {
   LeaseSpec s = leaseSpec("a", "198.18.1.11", 8080, 700ms);
   s.ports.push_back({"dns", Protocol::kUDP, 53});
@@ -234,14 +245,8 @@ TEST_CASE("kubernetes lease store: takeover, 409 on renew, conflicts that keep c
 }
 
 TEST_CASE("kubernetes lease reconciler: a registrant that stops renewing expires; slice and Endpoints follow") {
-  KubeRig rig;
-  auto registrants = rig.store();
-  auto observer = rig.store();
-  RecordingSink local;
-  auto publisher = rig.publisher(&local);
-  LeaseReconcilerConfig rc;
-  rc.service = {"default", "web"};
-  rc.interval = 100ms;
+  ReconcilerRig r;
+  auto& [rig, registrants, observer, local, publisher, rc] = r;
   LeaseSource source(*observer, rc);
 
   LeaseSpec sa = leaseSpec("a", "198.18.1.11", 8080, 400ms);
@@ -295,14 +300,8 @@ TEST_CASE("kubernetes lease reconciler: a registrant that stops renewing expires
 }
 
 TEST_CASE("kubernetes lease reconciler: API server unreachable for longer than a TTL") {
-  KubeRig rig;
-  auto registrants = rig.store();
-  auto observer = rig.store();
-  RecordingSink local;
-  auto publisher = rig.publisher(&local);
-  LeaseReconcilerConfig rc;
-  rc.service = {"default", "web"};
-  rc.interval = 100ms;
+  ReconcilerRig r;
+  auto& [rig, registrants, observer, local, publisher, rc] = r;
   rc.self = leaseSpec("self", "198.18.1.10", 8080, 400ms);  // kube-apiserver's own lease
   LeaseSource source(*observer, rc);
   LeaseRegistrant a(*registrants, leaseSpec("a", "198.18.1.11", 8080, 400ms));
