@@ -164,7 +164,7 @@ std::vector<FlagSpec> buildFlags() {
   add("--lease-prefix", "KEY", "sluice.lease.prefix",
       "etcd key prefix of endpoint leases; keys are PREFIX + NAMESPACE/NAME/ + identity", "/sluice/leases/",
       stringField(&ProxyOptions::leasePrefix));
-  add("--lease-ttl", "DURATION", "sluice.lease.ttl", "Time an endpoint lease lives without renewal", "15s",
+  add("--lease-ttl", "DURATION", "sluice.lease.ttl", "Accepted for compatibility; unused (each registrant chooses its own TTL)", "15s",
       durationField(&ProxyOptions::leaseTTL));
   add("--healthz-bind-address", "HOST:PORT", "healthzBindAddress",
       "Address of /healthz and /livez (load balancers probe it); empty disables", "0.0.0.0:10256",
