@@ -133,11 +133,38 @@ std::vector<FlagSpec> buildFlags() {
   add("--drain-timeout", "DURATION", "sluice.drainTimeout",
       "Longest time a removed endpoint keeps its established flows before it leaves the kernel", "30s",
       durationField(&ProxyOptions::drainTimeout));
+  add("--lease-backend", "embedded|etcd|kubernetes", "sluice.lease.backend",
+      "Store of the endpoint-lease reconciler: embedded (served over HTTP at --lease-bind-address), etcd, or kubernetes (coordination.k8s.io Leases); default: off, etcd when --lease-etcd-endpoints is set",
+      "", [](ProxyOptions& o, const std::string& v) -> Status {
+        if (v != "embedded" && v != "etcd" && v != "kubernetes")
+          return invalid(fmt::format("\"{}\" is not embedded, etcd or kubernetes", v));
+        o.leaseBackend = v;
+        return Status::ok();
+      });
+  add("--lease-service", "NAMESPACE/NAME", "sluice.lease.service",
+      "The Service whose endpoints the leases are (its ports come from the Service's source)", "",
+      [](ProxyOptions& o, const std::string& v) -> Status {
+        const size_t slash = v.find('/');
+        if (slash == std::string::npos || slash == 0 || slash + 1 == v.size() || v.find('/', slash + 1) != std::string::npos)
+          return invalid(fmt::format("\"{}\" is not NAMESPACE/NAME", v));
+        o.leaseService = {v.substr(0, slash), v.substr(slash + 1)};
+        return Status::ok();
+      });
+  add("--lease-reconcile-interval", "DURATION", "sluice.lease.reconcileInterval",
+      "How often the lease reconciler lists the leases; a dead registrant leaves within its TTL plus this", "10s",
+      durationField(&ProxyOptions::leaseInterval));
+  add("--lease-bind-address", "HOST:PORT", "sluice.lease.bindAddress",
+      "Address of the embedded store's lease API (/v1/leases)", "127.0.0.1:10259",
+      stringField(&ProxyOptions::leaseBindAddress));
+  add("--lease-token-file", "FILE", "sluice.lease.tokenFile",
+      "File holding the bearer token the embedded store's lease API requires (required with --lease-backend embedded)", "",
+      stringField(&ProxyOptions::leaseTokenFile));
   add("--lease-etcd-endpoints", "URL[,URL]", "sluice.lease.etcdEndpoints",
-      "etcd endpoints of the endpoint-lease reconciler; empty: no leases", "", listField(&ProxyOptions::leaseEtcdEndpoints));
-  add("--lease-prefix", "KEY", "sluice.lease.prefix", "etcd key prefix of endpoint leases", "/sluice/leases/",
+      "etcd endpoint of the etcd lease backend (the first is used)", "", listField(&ProxyOptions::leaseEtcdEndpoints));
+  add("--lease-prefix", "KEY", "sluice.lease.prefix",
+      "etcd key prefix of endpoint leases; keys are PREFIX + NAMESPACE/NAME/ + identity", "/sluice/leases/",
       stringField(&ProxyOptions::leasePrefix));
-  add("--lease-ttl", "DURATION", "sluice.lease.ttl", "Time an endpoint lease lives without renewal", "15s",
+  add("--lease-ttl", "DURATION", "sluice.lease.ttl", "Accepted for compatibility; unused (each registrant chooses its own TTL)", "15s",
       durationField(&ProxyOptions::leaseTTL));
   add("--healthz-bind-address", "HOST:PORT", "healthzBindAddress",
       "Address of /healthz and /livez (load balancers probe it); empty disables", "0.0.0.0:10256",
@@ -333,8 +360,18 @@ std::vector<Problem> validate(const ProxyOptions& o) {
   if (o.drainTimeout < std::chrono::nanoseconds::zero()) report("--drain-timeout", "must not be negative");
   if (!o.leaseEtcdEndpoints.empty() && o.leaseTTL < std::chrono::seconds(1))
     report("--lease-ttl", "must be at least 1s");
+  const std::string leases = resolveLeaseBackend(o);
+  if (!leases.empty()) {
+    if (o.leaseService.name.empty()) report("--lease-service", "is required with --lease-backend " + leases);
+    if (o.leaseInterval <= std::chrono::nanoseconds::zero()) report("--lease-reconcile-interval", "must be greater than 0");
+    if (leases == "embedded" && o.leaseTokenFile.empty())
+      report("--lease-token-file", "is required with --lease-backend embedded (the lease API is never open)");
+    if (leases == "etcd" && o.leaseEtcdEndpoints.empty())
+      report("--lease-etcd-endpoints", "is required with --lease-backend etcd");
+  }
   for (const auto& [flag, value] : {std::pair{"--healthz-bind-address", o.healthzBindAddress},
-                                    std::pair{"--metrics-bind-address", o.metricsBindAddress}}) {
+                                    std::pair{"--metrics-bind-address", o.metricsBindAddress},
+                                    std::pair{"--lease-bind-address", o.leaseBindAddress}}) {
     std::string host;
     uint16_t port = 0;
     if (!value.empty()) {
@@ -447,6 +484,11 @@ ProxyConfig toProxyConfig(const ProxyOptions& o, IPFamily family) {
   cfg.masqueradeAll = o.masqueradeAll;
   cfg.masqueradeBit = o.masqueradeBit;
   return cfg;
+}
+
+std::string resolveLeaseBackend(const ProxyOptions& options) {
+  if (!options.leaseBackend.empty()) return options.leaseBackend;
+  return options.leaseEtcdEndpoints.empty() ? "" : "etcd";
 }
 
 }  // namespace sluice

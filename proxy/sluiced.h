@@ -8,11 +8,15 @@
 
 #include <memory>
 
+#include "sluice/kube_config.h"
 #include "sluice/proxy_options.h"
 #include "sluice/source.h"
 
 namespace sluice {
 class KubernetesSource;
+class LeaseStore;
+class LeaseSource;
+class HttpServer;
 }
 
 namespace sluiced {
@@ -35,6 +39,25 @@ int runCleanup(const sluice::ProxyOptions& options);
 // given, receives the Kubernetes source (for its counters) or stays untouched.
 sluice::Result<std::unique_ptr<sluice::Source>> makeSource(const sluice::ProxyOptions& options,
                                                            sluice::KubernetesSource** kube);
+
+// A bearer token from a file (surrounding whitespace trimmed); errors name `flag`.
+sluice::Result<std::string> readToken(const std::string& path, const std::string& flag);
+
+// How sluiced reaches the API server: --kubeconfig, else the in-cluster config; --master
+// overrides the server.
+sluice::Result<sluice::kube::ClientConfig> kubeClientConfig(const sluice::ProxyOptions& options);
+
+// The lease reconciler --lease-backend asks for: the store, the embedded store's HTTP API (not
+// started yet), and the LeaseSource publishing the live leases as --lease-service's endpoints.
+struct Leases {
+  std::unique_ptr<sluice::LeaseStore> store;
+  std::unique_ptr<sluice::HttpServer> api;  // embedded only
+  std::unique_ptr<sluice::LeaseSource> source;
+  Leases();
+  ~Leases();  // stops the source, then the API
+};
+// nullptr when leases are off. Errors: unreadable token file, bad etcd URL, kube config.
+sluice::Result<std::unique_ptr<Leases>> makeLeases(const sluice::ProxyOptions& options);
 
 // `sluiced explain SRC DST:PORT/PROTO`: loads the desired state from the configured source,
 // plans it with the daemon's ProxyConfig and prints what the rules do with that packet.

@@ -20,6 +20,7 @@
 #include "sluice/drift_monitor.h"
 #include "sluice/explain.h"
 #include "sluice/kube_source.h"
+#include "sluice/lease.h"
 #include "sluice/healthcheck.h"
 #include "sluice/http_server.h"
 #include "sluice/logging.h"
@@ -91,18 +92,6 @@ class FanOutSink : public StateSink {
   std::function<void()> onChange_;
 };
 
-Result<std::string> readToken(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return Status::fromErrno(errno ? errno : ENOENT, fmt::format("--admin-token-file: cannot read {}", path));
-  std::ostringstream text;
-  text << in.rdbuf();
-  std::string token = text.str();
-  token.erase(token.find_last_not_of(" \t\r\n") + 1);
-  token.erase(0, token.find_first_not_of(" \t\r\n"));
-  if (token.empty()) return Status(Code::kInvalidArgument, fmt::format("--admin-token-file: {} is empty", path));
-  return token;
-}
-
 // "a=1&b=%5Bfd00%3A%3A1%5D" → {a: 1, b: [fd00::1]} ('+' is a space, as forms send it).
 std::map<std::string, std::string> parseQuery(const std::string& query) {
   auto decode = [](const std::string& in) {
@@ -158,6 +147,8 @@ class Daemon {
   Status startPlane(Plane& plane);
   void stopPlane(Plane& plane);
   Status startSource();
+  Status startLeases();
+  void markQueued();
   void afterSync(Plane& plane, const SyncReport& report);
   void collect();
   HttpResponse explainHandler(const HttpRequest& request);
@@ -180,6 +171,8 @@ class Daemon {
   std::unique_ptr<Source> sourceImpl_;
   KubernetesSource* kube_ = nullptr;  // sourceImpl_, when it is the Kubernetes source
   std::unique_ptr<FanOutSink> fanOut_;
+  std::unique_ptr<Leases> leases_;  // --lease-backend; null when off
+  std::unique_ptr<FanOutSink> leaseFanOut_;
   std::mutex healthChecksMu_;  // update() from either family's runner thread
   std::unique_ptr<HttpServer> healthzServer_;
   std::unique_ptr<HttpServer> adminServer_;
@@ -250,6 +243,15 @@ void Daemon::stopPlane(Plane& plane) {
   if (plane.drain) plane.drain->stop();
 }
 
+// Every delivery of a source: a sync is queued in each family (health and metrics).
+void Daemon::markQueued() {
+  const auto now = system_clock::now();
+  for (auto& plane : planes_) {
+    health_.queuedUpdate(plane->cfg.family);
+    metrics_.queued(plane->cfg.family, now);
+  }
+}
+
 Status Daemon::startSource() {
   auto src = makeSource(options_, &kube_);
   if (!src) return src.status();
@@ -257,15 +259,29 @@ Status Daemon::startSource() {
   source_ = sourceImpl_->name();
   std::vector<StateSink*> sinks;
   for (auto& plane : planes_) sinks.push_back(&plane->store.sink(source_));
-  fanOut_ = std::make_unique<FanOutSink>(std::move(sinks), [this] {
-    const auto now = system_clock::now();
-    for (auto& plane : planes_) {
-      health_.queuedUpdate(plane->cfg.family);
-      metrics_.queued(plane->cfg.family, now);
-    }
-  });
+  fanOut_ = std::make_unique<FanOutSink>(std::move(sinks), [this] { markQueued(); });
   // A file source loads synchronously here: a broken manifest stops the start.
-  return sourceImpl_->start(*fanOut_);
+  if (Status st = sourceImpl_->start(*fanOut_); !st) return st;
+  return startLeases();
+}
+
+// Leased endpoints feed the same stores as a source of their own ("leases:<store>"), so they
+// are programmed and drained like any endpoints; the Service itself comes from --source.
+Status Daemon::startLeases() {
+  auto leases = makeLeases(options_);
+  if (!leases) return leases.status();
+  leases_ = std::move(leases).value();
+  if (!leases_) return Status::ok();
+  const std::string name = leases_->source->name();
+  std::vector<StateSink*> sinks;
+  for (auto& plane : planes_) sinks.push_back(&plane->store.sink(name));
+  leaseFanOut_ = std::make_unique<FanOutSink>(std::move(sinks), [this] { markQueued(); });
+  if (leases_->api) {
+    if (Status st = leases_->api->start(); !st) return st.withContext("--lease-bind-address");
+    spdlog::info("leases: serving the lease API (/v1/leases) on {}", leases_->api->boundAddress());
+  }
+  spdlog::info("leases: {} publishes the endpoints of {}", name, options_.leaseService.toString());
+  return leases_->source->start(*leaseFanOut_);
 }
 
 void Plane::afterCommit(const CommitInfo& info) {
@@ -473,6 +489,10 @@ void Daemon::reload() {
   };
   needsRestart("--healthz-bind-address", n.healthzBindAddress != options_.healthzBindAddress);
   needsRestart("--metrics-bind-address", n.metricsBindAddress != options_.metricsBindAddress);
+  needsRestart("--lease-* flags", n.leaseBackend != options_.leaseBackend || n.leaseService != options_.leaseService ||
+                                      n.leaseBindAddress != options_.leaseBindAddress ||
+                                      n.leaseTokenFile != options_.leaseTokenFile || n.leaseInterval != options_.leaseInterval ||
+                                      n.leaseEtcdEndpoints != options_.leaseEtcdEndpoints || n.leasePrefix != options_.leasePrefix);
   needsRestart("--netns", n.netns != options_.netns);
   needsRestart("--source/--kubeconfig/--master", resolveSource(n) != resolveSource(options_) ||
                                                      n.kubeconfig != options_.kubeconfig || n.master != options_.master);
@@ -577,7 +597,7 @@ int Daemon::run() {
 
   source_ = resolveSource(options_);
   if (!options_.adminTokenFile.empty()) {
-    auto token = readToken(options_.adminTokenFile);
+    auto token = readToken(options_.adminTokenFile, "--admin-token-file");
     if (!token) {
       spdlog::error("{}", token.status().message());
       return kExitUsage;
@@ -622,6 +642,7 @@ int Daemon::run() {
   }
   notify("STOPPING=1");
   // The rules stay: the next start adopts them with a full (atomic) replacement.
+  leases_.reset();  // the lease source, then its API
   sourceImpl_->stop();
   for (auto& plane : planes_) stopPlane(*plane);
   stopServers();

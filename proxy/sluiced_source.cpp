@@ -16,15 +16,9 @@ namespace sluiced {
 
 using namespace sluice;
 
-Result<std::unique_ptr<Source>> makeSource(const ProxyOptions& options, sluice::KubernetesSource** kube) {
-  const std::string source = resolveSource(options);
-  if (source.rfind("file:", 0) == 0) {
-    FileSourceOptions fo;
-    fo.path = source.substr(5);
-    return std::unique_ptr<Source>(std::make_unique<FileSource>(fo));
-  }
-  // "kubernetes": a kubeconfig when given, else the in-cluster config; --master overrides the
-  // server (alone, it is a plain insecure-by-URL client as kube-proxy's --master).
+Result<kube::ClientConfig> kubeClientConfig(const ProxyOptions& options) {
+  // A kubeconfig when given, else the in-cluster config; --master overrides the server (alone,
+  // it is a plain insecure-by-URL client as kube-proxy's --master).
   kube::ClientConfig client;
   if (!options.kubeconfig.empty()) {
     auto loaded = kube::loadKubeconfig(options.kubeconfig);
@@ -36,8 +30,20 @@ Result<std::unique_ptr<Source>> makeSource(const ProxyOptions& options, sluice::
     client = std::move(loaded).value();
   }
   if (!options.master.empty()) client.servers = {options.master};
+  return client;
+}
+
+Result<std::unique_ptr<Source>> makeSource(const ProxyOptions& options, sluice::KubernetesSource** kube) {
+  const std::string source = resolveSource(options);
+  if (source.rfind("file:", 0) == 0) {
+    FileSourceOptions fo;
+    fo.path = source.substr(5);
+    return std::unique_ptr<Source>(std::make_unique<FileSource>(fo));
+  }
+  auto client = kubeClientConfig(options);
+  if (!client) return client.status();
   KubernetesSourceOptions ko;
-  ko.client = std::move(client);
+  ko.client = std::move(client).value();
   auto k = std::make_unique<KubernetesSource>(std::move(ko));
   if (kube) *kube = k.get();
   return std::unique_ptr<Source>(std::move(k));

@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "../lib/etcd_client.h"
+#include "lease_json.h"
 
 namespace sluice {
 namespace {
@@ -16,60 +17,27 @@ namespace {
 using json = nlohmann::json;
 
 std::string encodeRecord(const LeaseSpec& spec, uint64_t generation, Clock::WallTime renewTime) {
-  json ports = json::array();
-  for (const EndpointPort& p : spec.ports)
-    ports.push_back({{"name", p.name}, {"protocol", protocolName(p.protocol)}, {"port", p.port}});
-  return json{{"identity", spec.identity},
-              {"address", spec.address.toString()},
-              {"ports", ports},
-              {"nodeName", spec.nodeName},
-              {"zone", spec.zone},
-              {"ttlMs", spec.ttl.count()},
-              {"generation", generation},
-              {"renewTimeMs",
-               std::chrono::duration_cast<std::chrono::milliseconds>(renewTime.time_since_epoch()).count()}}
-      .dump();
+  return leasejson::encode(spec, generation, renewTime).dump();
 }
 
 // The record under `kv`, or a Problem naming the key and the field.
 Result<LeaseRecord> decodeRecord(const std::string& prefix, const etcd::KeyValue& kv, Problem& problem) {
   problem = {"Lease " + kv.key, "", ""};
-  auto fail = [&](const char* field, std::string reason) {
-    problem.field = field;
-    problem.reason = std::move(reason);
+  json j = json::parse(kv.value, nullptr, false);
+  if (j.is_discarded()) {
+    problem.field = "value";
+    problem.reason = "not JSON";
     return Status(Code::kInvalidArgument, problem.toString());
-  };
-  json j;
-  try {
-    j = json::parse(kv.value);
-  } catch (const json::exception&) {
-    return fail("value", "not JSON");
   }
-  if (!j.is_object()) return fail("value", "not a JSON object");
-  try {
-    LeaseRecord r;
-    r.spec.identity = j.value("identity", "");
-    if (kv.key != prefix + r.spec.identity) return fail("identity", "does not match the key");
-    auto addr = IPAddress::parse(j.value("address", ""));
-    if (!addr) return fail("address", addr.status().message());
-    r.spec.address = *addr;
-    const json ports = j.value("ports", json::array());
-    for (size_t i = 0; i < ports.size(); ++i) {
-      auto proto = parseProtocol(ports[i].value("protocol", "TCP"));
-      if (!proto) return fail("ports", "[" + std::to_string(i) + "].protocol: " + proto.status().message());
-      r.spec.ports.push_back({ports[i].value("name", ""), *proto, ports[i].value<uint16_t>("port", 0)});
-    }
-    r.spec.nodeName = j.value("nodeName", "");
-    r.spec.zone = j.value("zone", "");
-    r.spec.ttl = std::chrono::milliseconds(j.value<int64_t>("ttlMs", 0));
-    r.generation = j.value<uint64_t>("generation", 0);
-    r.renewTime = Clock::WallTime(std::chrono::milliseconds(j.value<int64_t>("renewTimeMs", 0)));
-    r.leaseId = kv.lease;
-    if (Status s = validateLeaseSpec(r.spec); !s) return fail("value", s.message());
-    return r;
-  } catch (const json::exception& e) {
-    return fail("value", e.what());
+  auto r = leasejson::decode(j, problem);
+  if (!r) return r;
+  if (kv.key != prefix + r->spec.identity) {
+    problem.field = "identity";
+    problem.reason = "does not match the key";
+    return Status(Code::kInvalidArgument, problem.toString());
   }
+  r->leaseId = kv.lease;
+  return r;
 }
 
 int64_t ttlSeconds(std::chrono::milliseconds ttl) { return std::max<int64_t>(1, (ttl.count() + 999) / 1000); }

@@ -8,7 +8,9 @@
 // them as the endpoints of one Service through a StateSink, so the proxy programs them like any
 // other endpoints. See docs/design.md §10.
 //
-// Backends: EmbeddedLeaseStore (in-process, below) and EtcdLeaseStore (sluice/lease_etcd.h).
+// Backends: EmbeddedLeaseStore (in-process, below), EtcdLeaseStore (sluice/lease_etcd.h),
+// KubeLeaseStore (sluice/lease_kube.h) and HttpLeaseStore (a client of the embedded store's
+// HTTP API, sluice/lease_http.h).
 #pragma once
 
 #include <chrono>
@@ -80,8 +82,8 @@ struct LeaseListing {
 };
 
 // Where leases live. One store instance holds one group of leases (one Service's). Every call
-// is thread-safe. The four calls map one-to-one onto the HTTP API the daemon will serve for the
-// embedded store:
+// is thread-safe. The four calls map one-to-one onto the HTTP API sluiced serves for the
+// embedded store (sluice/lease_http.h):
 //   acquire  PUT    /v1/leases/<identity>          body: spec + renewTime  → handle
 //   renew    POST   /v1/leases/<identity>/renew    body: {leaseId, renewTime} → 200 | 404
 //   release  DELETE /v1/leases/<identity>?lease=<leaseId>                  → 200 (also if gone)

@@ -42,7 +42,13 @@ struct ProxyOptions {
   std::chrono::nanoseconds minSyncPeriod = std::chrono::seconds(1);
   std::chrono::nanoseconds syncPeriod = std::chrono::seconds(30);
   std::chrono::nanoseconds drainTimeout = std::chrono::seconds(30);
-  // --- endpoint leases (the lease reconciler; off while leaseEtcdEndpoints is empty) ---
+  // --- endpoint leases (the lease reconciler) ---
+  // "" = off (or "etcd" when leaseEtcdEndpoints is set), "embedded", "etcd", "kubernetes".
+  std::string leaseBackend;
+  ObjectName leaseService;  // the Service whose endpoints the leases are (required when on)
+  std::chrono::nanoseconds leaseInterval = std::chrono::seconds(10);  // reconcile period
+  std::string leaseBindAddress = "127.0.0.1:10259";  // embedded: the lease API's address
+  std::string leaseTokenFile;  // embedded: bearer token the lease API requires (required)
   std::vector<std::string> leaseEtcdEndpoints;
   std::string leasePrefix = "/sluice/leases/";
   std::chrono::nanoseconds leaseTTL = std::chrono::seconds(15);
@@ -98,6 +104,8 @@ std::string formatDuration(std::chrono::nanoseconds d);  // "1m30s", "500ms"
 std::string nodeName(const ProxyOptions& options);
 // The source to start, "kubernetes" or "file:PATH" (resolves the automatic choice).
 std::string resolveSource(const ProxyOptions& options);
+// The lease backend in effect: leaseBackend, else "etcd" when etcd endpoints are given, else "".
+std::string resolveLeaseBackend(const ProxyOptions& options);
 // Families to program: those of --service-cluster-ip-range, else of --cluster-cidr, else both.
 std::vector<IPFamily> ipFamilies(const ProxyOptions& options);
 // The planner's configuration for one family.

@@ -609,23 +609,25 @@ void ApiServer::serveStream(Stream& stream, const std::shared_ptr<Conn>& conn) {
         fail(400, "BadRequest", "body is not a JSON object");
       } else {
         body["metadata"]["namespace"] = ns.empty() ? body["metadata"].value("namespace", "default") : ns;
-        std::string k = keyOf(body);
-        bool exists;
-        {
-          std::lock_guard lock(mu_);
-          exists = store_[res->plural].count(k) > 0;
-        }
-        if (exists) {
+        // Check and create under one lock: two clients racing to create get one 201, one 409.
+        std::unique_lock lock(mu_);
+        if (store_[res->plural].count(keyOf(body)) > 0) {
+          lock.unlock();
           fail(409, "AlreadyExists", res->plural + " \"" + body["metadata"].value("name", "") +
                                          "\" already exists");
         } else {
-          reply(201, withKind(create(res->plural, body)));
+          json created = withKind(createLocked(res->plural, body));
+          lock.unlock();
+          reply(201, created);
         }
       }
     } else if (req.method() == bhttp::verb::put && !name.empty()) {
+      // Precondition and write under one lock, so concurrent writers with the same
+      // resourceVersion get exactly one 200.
       std::unique_lock lock(mu_);
       auto& m = store_[res->plural];
       auto it = m.find(key);
+      auto injected = injectedConflicts_.find(res->plural);
       if (!body.is_object()) {
         lock.unlock();
         fail(400, "BadRequest", "body is not a JSON object");
@@ -633,7 +635,9 @@ void ApiServer::serveStream(Stream& stream, const std::shared_ptr<Conn>& conn) {
         lock.unlock();
         fail(404, "NotFound", res->plural + " \"" + name + "\" not found");
       } else if (std::string want = body["metadata"].value("resourceVersion", "");
-                 !want.empty() && want != it->second["metadata"].value("resourceVersion", "")) {
+                 (!want.empty() && want != it->second["metadata"].value("resourceVersion", "")) ||
+                 (injected != injectedConflicts_.end() && injected->second > 0)) {
+        if (injected != injectedConflicts_.end() && injected->second > 0) --injected->second;
         lock.unlock();
         fail(409, "Conflict",
              "Operation cannot be fulfilled on " + res->plural + " \"" + name +
@@ -642,8 +646,9 @@ void ApiServer::serveStream(Stream& stream, const std::shared_ptr<Conn>& conn) {
       } else {
         body["metadata"]["namespace"] = ns;
         body["metadata"]["name"] = name;
+        json updated = withKind(updateLocked(res->plural, body));
         lock.unlock();
-        reply(200, withKind(update(res->plural, body)));
+        reply(200, updated);
       }
     } else if (req.method() == bhttp::verb::delete_ && !name.empty()) {
       std::unique_lock lock(mu_);
@@ -652,6 +657,15 @@ void ApiServer::serveStream(Stream& stream, const std::shared_ptr<Conn>& conn) {
       if (it == m.end()) {
         lock.unlock();
         fail(404, "NotFound", res->plural + " \"" + name + "\" not found");
+      } else if (json pre = body.is_object() ? body.value("preconditions", json::object()) : json::object();
+                 (pre.contains("resourceVersion") &&
+                  pre["resourceVersion"] != it->second["metadata"].value("resourceVersion", "")) ||
+                 (pre.contains("uid") && pre["uid"] != it->second["metadata"].value("uid", ""))) {
+        // DeleteOptions.preconditions, as kube-apiserver checks them.
+        lock.unlock();
+        fail(409, "Conflict",
+             "Operation cannot be fulfilled on " + res->plural + " \"" + name +
+                 "\": the precondition does not match the object");
       } else {
         json obj = withKind(it->second);
         lock.unlock();
@@ -675,8 +689,12 @@ json stripped(json obj) {
 }  // namespace
 
 json ApiServer::create(const std::string& resource, json object) {
-  json obj = stripped(std::move(object));
   std::lock_guard lock(mu_);
+  return createLocked(resource, std::move(object));
+}
+
+json ApiServer::createLocked(const std::string& resource, json object) {
+  json obj = stripped(std::move(object));
   uint64_t rv = ++rv_;
   obj["metadata"]["resourceVersion"] = std::to_string(rv);
   obj["metadata"]["uid"] = "00000000-0000-0000-0000-" + std::to_string(1000000000000ull + rv);
@@ -688,14 +706,15 @@ json ApiServer::create(const std::string& resource, json object) {
 }
 
 json ApiServer::update(const std::string& resource, json object) {
+  std::lock_guard lock(mu_);
+  return updateLocked(resource, std::move(object));
+}
+
+json ApiServer::updateLocked(const std::string& resource, json object) {
   json obj = stripped(std::move(object));
-  std::unique_lock lock(mu_);
   auto& m = store_[resource];
   auto it = m.find(keyOf(obj));
-  if (it == m.end()) {
-    lock.unlock();
-    return create(resource, obj);
-  }
+  if (it == m.end()) return createLocked(resource, obj);
   uint64_t rv = ++rv_;
   for (const char* keep : {"uid", "creationTimestamp"})
     if (it->second["metadata"].contains(keep)) obj["metadata"][keep] = it->second["metadata"][keep];
@@ -704,6 +723,30 @@ json ApiServer::update(const std::string& resource, json object) {
   it->second = obj;
   changed_.notify_all();
   return obj;
+}
+
+std::optional<json> ApiServer::get(const std::string& resource, const std::string& ns,
+                                   const std::string& name) const {
+  std::lock_guard lock(mu_);
+  auto r = store_.find(resource);
+  if (r == store_.end()) return std::nullopt;
+  auto it = r->second.find(ns + "/" + name);
+  if (it == r->second.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<json> ApiServer::list(const std::string& resource) const {
+  std::lock_guard lock(mu_);
+  std::vector<json> out;
+  auto r = store_.find(resource);
+  if (r != store_.end())
+    for (const auto& [k, obj] : r->second) out.push_back(obj);
+  return out;
+}
+
+void ApiServer::injectConflicts(const std::string& resource, int count) {
+  std::lock_guard lock(mu_);
+  injectedConflicts_[resource] = count;
 }
 
 void ApiServer::remove(const std::string& resource, const std::string& ns, const std::string& name) {

@@ -85,6 +85,10 @@ class ApiServer {
   nlohmann::json create(const std::string& resource, nlohmann::json object);
   nlohmann::json update(const std::string& resource, nlohmann::json object);  // upsert
   void remove(const std::string& resource, const std::string& ns, const std::string& name);
+  // The stored object, or nullopt; every stored object of `resource`.
+  std::optional<nlohmann::json> get(const std::string& resource, const std::string& ns,
+                                    const std::string& name) const;
+  std::vector<nlohmann::json> list(const std::string& resource) const;
   uint64_t resourceVersion() const;
   // Forgets history up to now: watches and continue tokens from older RVs get 410.
   void compact();
@@ -97,6 +101,9 @@ class ApiServer {
   void setStall(bool on);          // open watches send nothing at all (no events, no bookmarks)
   void refuseConnections();        // closes the listening socket; connects are refused
   void acceptConnections();        // listens again on the same port
+  // The next `count` PUTs of `resource` answer 409 Conflict whatever their resourceVersion
+  // (another writer keeps winning the race).
+  void injectConflicts(const std::string& resource, int count);
 
   std::vector<RecordedRequest> requests() const;
   size_t watchCount() const;  // watches currently open
@@ -116,6 +123,8 @@ class ApiServer {
   template <class Stream>
   void serveStream(Stream& stream, const std::shared_ptr<Conn>& conn);
   void listen();
+  nlohmann::json createLocked(const std::string& resource, nlohmann::json object);
+  nlohmann::json updateLocked(const std::string& resource, nlohmann::json object);
 
   ApiServerOptions options_;
   std::vector<ApiResource> resources_;
@@ -131,6 +140,7 @@ class ApiServer {
   uint64_t cutGeneration_ = 0;
   size_t openWatches_ = 0;
   bool stopping_ = false;
+  std::map<std::string, int> injectedConflicts_;  // resource → PUTs still to refuse
 
   uint16_t port_ = 0;
   std::atomic<int> listenFd_{-1};

@@ -18,6 +18,8 @@
 
 #include "../unit/http_client.h"
 #include "sluice/healthcheck.h"
+#include "sluice/lease_http.h"
+#include "sluice/netns.h"
 #include "testbed.h"
 
 extern char** environ;
@@ -107,6 +109,25 @@ std::string webManifest(int n) {
   for (int i = 1; i <= n; ++i)
     out += "- addresses: [" + Topology::backendIP(i, IPFamily::kV4).toString() + "]\n  nodeName: node-1\n";
   return out;
+}
+
+// TCP servers on port 8080 of backends 1..n, answering "backend-N".
+std::vector<std::unique_ptr<Server>> startBackends(Topology& t, int n) {
+  std::vector<std::unique_ptr<Server>> servers;
+  for (int i = 1; i <= n; ++i) {
+    auto s = Server::start(t.backend(i), Protocol::kTCP, IPFamily::kV4, 8080, "backend-" + std::to_string(i));
+    REQUIRE(s);
+    servers.push_back(std::move(s).value());
+  }
+  return servers;
+}
+
+// sluiced for the topology's node namespace on a manifest, status on 127.0.0.1:10249 there.
+std::vector<std::string> nodeDaemonArgs(Topology& t, const TempManifest& manifest) {
+  return {SLUICED_PATH, "--netns", t.node().path(), "--source", "file:" + manifest.path, "--hostname-override",
+          "node-1", "--cluster-cidr", Topology::podCIDR(IPFamily::kV4).toString(), "--healthz-bind-address",
+          "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249", "--min-sync-period", "0s",
+          "--drain-timeout", "1s"};
 }
 
 }  // namespace
@@ -234,17 +255,9 @@ TEST_CASE("sluiced: a file source's Service carries traffic; a manifest edit mov
   auto topo = Topology::create({2, false, false});
   REQUIRE(topo);
   Topology& t = **topo;
-  std::vector<std::unique_ptr<Server>> servers;
-  for (int i = 1; i <= 2; ++i) {
-    auto s = Server::start(t.backend(i), Protocol::kTCP, IPFamily::kV4, 8080, "backend-" + std::to_string(i));
-    REQUIRE(s);
-    servers.push_back(std::move(s).value());
-  }
+  auto servers = startBackends(t, 2);
   TempManifest manifest(webManifest(2));
-  Child daemon({SLUICED_PATH, "--netns", t.node().path(), "--source", "file:" + manifest.path, "--hostname-override",
-                "node-1", "--cluster-cidr", Topology::podCIDR(IPFamily::kV4).toString(), "--healthz-bind-address",
-                "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249", "--min-sync-period", "0s",
-                "--drain-timeout", "1s"});
+  Child daemon(nodeDaemonArgs(t, manifest));
   REQUIRE(daemon.pid() > 0);
   const IPAddress web = IPAddress::parse("198.19.0.10").value();
 
@@ -305,5 +318,88 @@ TEST_CASE("sluiced: a file source's Service carries traffic; a manifest edit mov
   CHECK(daemon.wait(5s) == 0);
   // The rules stay: traffic still flows with sluiced stopped.
   CHECK(spread(t.client(), Protocol::kTCP, web, 80, 5)["backend-1"] == 5);
+  servers.clear();
+}
+
+TEST_CASE("sluiced: endpoints registered through the embedded lease API carry traffic; one that stops renewing leaves") {
+  auto topo = Topology::create({2, false, false});
+  REQUIRE(topo);
+  Topology& t = **topo;
+  auto servers = startBackends(t, 2);
+  // The Service comes from the file; its endpoints only from leases.
+  TempManifest manifest(
+      "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: test}\n"
+      "spec: {clusterIP: 198.19.0.10, clusterIPs: [198.19.0.10], ports: [{name: http, protocol: TCP, port: 80}]}\n");
+  std::ofstream(manifest.dir + "/token") << "lease-secret\n";
+  std::vector<std::string> args = nodeDaemonArgs(t, manifest);
+  args.insert(args.end(), {"--lease-backend", "embedded", "--lease-service", "test/web", "--lease-bind-address",
+                           "127.0.0.1:10259", "--lease-token-file", manifest.dir + "/token",
+                           "--lease-reconcile-interval", "100ms"});
+  Child daemon(args);
+  REQUIRE(daemon.pid() > 0);
+  REQUIRE(waitFor(t.node(), 10249, "/status", 10s));
+  const IPAddress web = IPAddress::parse("198.19.0.10").value();
+
+  auto endpointsWhen = [&](int want, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (auto r = getIn(t.node(), 10249, "/status"); r && r->status == 200) {
+        auto j = nlohmann::json::parse(r->body);
+        if (j["families"].size() == 1 && j["families"][0]["endpoints"] == want && j["families"][0]["lastOk"] == true)
+          return true;
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    return false;
+  };
+
+  // Two registrants (agents on the node) reach the API inside the node namespace: their
+  // threads are started from a thread that joined it, so every connection they open is there.
+  const std::string url = "http://127.0.0.1:10259";
+  std::vector<std::unique_ptr<HttpLeaseStore>> clients;
+  std::vector<std::unique_ptr<LeaseRegistrant>> registrants;
+  for (int i = 1; i <= 2; ++i) {
+    auto c = HttpLeaseStore::create({url, "lease-secret", 500ms});
+    REQUIRE(c);
+    LeaseSpec spec;
+    spec.identity = "backend-" + std::to_string(i);
+    spec.address = Topology::backendIP(i, IPFamily::kV4);
+    spec.ports = {{"http", Protocol::kTCP, 8080}};
+    spec.ttl = 500ms;
+    clients.push_back(std::move(c).value());
+    registrants.push_back(std::make_unique<LeaseRegistrant>(*clients.back(), spec));
+  }
+  REQUIRE(runInNetns(t.node().path(), [&] {
+    for (auto& r : registrants) CHECK(r->start().isOk());
+  }));
+  REQUIRE(endpointsWhen(2, 5s));
+  auto before = spread(t.client(), Protocol::kTCP, web, 80, 30);
+  CHECK(before["backend-1"] > 0);
+  CHECK(before["backend-2"] > 0);
+
+  // backend-2's agent stops renewing (dies without releasing): out of the data plane within
+  // TTL + one reconcile interval (plus a sync), while backend-1 keeps serving.
+  const auto stopped = std::chrono::steady_clock::now();
+  registrants[1]->stop(false);
+  // The bound is TTL + interval plus slack for a sync on a loaded CI machine (as lease_test).
+  CHECK(endpointsWhen(1, 500ms + 100ms + 1000ms));
+  const auto took = std::chrono::steady_clock::now() - stopped;
+  MESSAGE("endpoint left after " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+  CHECK(took >= 500ms - 500ms / 3 - 100ms);  // not before its TTL (less the renewal it had left)
+  auto after = spread(t.client(), Protocol::kTCP, web, 80, 20);
+  CHECK(after["backend-1"] == 20);
+  CHECK(after.count("backend-2") == 0);
+
+  // Without the token the API refuses to register anything.
+  bool refused = false;
+  REQUIRE(runInNetns(t.node().path(), [&] {
+    auto c = HttpLeaseStore::create({url, "guess", 500ms});
+    refused = c && (*c)->list().status().code() == Code::kPermissionDenied;
+  }));
+  CHECK(refused);
+
+  REQUIRE(::kill(daemon.pid(), SIGTERM) == 0);
+  CHECK(daemon.wait(5s) == 0);
+  registrants.clear();
   servers.clear();
 }

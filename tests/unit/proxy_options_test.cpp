@@ -297,3 +297,41 @@ TEST_CASE("sluiced binary: bad flags and configuration exit 2 naming the culprit
   CHECK(missing.output.find("/nonexistent/x.yaml") != std::string::npos);
 }
 #endif
+
+TEST_CASE("lease flags: backend, Service, API address and token; what each backend requires") {
+  using Given = std::vector<std::pair<std::string, std::string>>;
+  auto o = resolveOptions(Given{{"--lease-backend", "embedded"}, {"--lease-service", "test/web"},
+                                {"--lease-token-file", "/run/sluice/lease-token"},
+                                {"--lease-reconcile-interval", "250ms"}, {"--lease-bind-address", "127.0.0.1:10300"}});
+  REQUIRE_MESSAGE(o.isOk(), o.status().toString());
+  CHECK(resolveLeaseBackend(*o) == "embedded");
+  CHECK(o->leaseService == ObjectName{"test", "web"});
+  CHECK(o->leaseInterval == 250ms);
+  CHECK(o->leaseBindAddress == "127.0.0.1:10300");
+  // Off by default; etcd endpoints alone still mean the etcd backend.
+  CHECK(resolveLeaseBackend(ProxyOptions{}).empty());
+  ProxyOptions etcd;
+  etcd.leaseEtcdEndpoints = {"http://127.0.0.1:2379"};
+  CHECK(resolveLeaseBackend(etcd) == "etcd");
+
+  ProxyOptions bad;
+  CHECK(applyFlag(bad, "--lease-backend", "zookeeper").message().find("--lease-backend") != std::string::npos);
+  CHECK(applyFlag(bad, "--lease-service", "web").code() == Code::kInvalidArgument);
+  CHECK(applyFlag(bad, "--lease-service", "a/b/c").code() == Code::kInvalidArgument);
+  auto missing = resolveOptions(Given{{"--lease-backend", "embedded"}});
+  REQUIRE_FALSE(missing.isOk());
+  CHECK(missing.status().message().find("--lease-service") != std::string::npos);
+  CHECK(missing.status().message().find("--lease-token-file") != std::string::npos);
+  auto noEtcd = resolveOptions(Given{{"--lease-backend", "etcd"}, {"--lease-service", "a/b"}});
+  CHECK(noEtcd.status().message().find("--lease-etcd-endpoints") != std::string::npos);
+  auto badBind = resolveOptions(Given{{"--lease-backend", "kubernetes"}, {"--lease-service", "a/b"},
+                                      {"--lease-bind-address", "nowhere"}});
+  CHECK(badBind.status().message().find("--lease-bind-address") != std::string::npos);
+
+  std::string yaml = "sluice:\n  lease:\n    backend: kubernetes\n    service: kube-system/api\n    reconcileInterval: 2s\n";
+  ProxyOptions fromFile;
+  REQUIRE(applyConfigYaml(fromFile, yaml, "cfg.yaml").isOk());
+  CHECK(fromFile.leaseBackend == "kubernetes");
+  CHECK(fromFile.leaseService == ObjectName{"kube-system", "api"});
+  CHECK(fromFile.leaseInterval == 2s);
+}
