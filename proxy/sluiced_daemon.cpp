@@ -1,4 +1,5 @@
 // sluiced's run loop: data planes per IP family, the HTTP servers, signals, systemd.
+#include <malloc.h>
 #include <signal.h>
 #include <systemd/sd-daemon.h>
 
@@ -347,6 +348,10 @@ void Daemon::afterSync(Plane& plane, const SyncReport& report) {
     spdlog::debug("sync {}: {} in {:.3f} ms, {} operations, {} Services planned", familyName(family),
                   report.full ? "full" : "partial", std::chrono::duration<double, std::milli>(report.duration).count(),
                   report.operations, report.servicesPlanned);
+    // Loading the whole source and planning a full sync free far more than they keep (at
+    // 10 000 Services the heap peaks near 150 MiB and settles near 85 MiB), but glibc keeps
+    // freed pages mapped. Hand them back, so RSS follows what is live (bench/daemon_bench.py).
+    if (report.full) malloc_trim(0);
   } else {
     spdlog::error("sync {} failed (the next sync replaces the whole table): {}", familyName(family),
                   report.status.toString());
