@@ -56,51 +56,42 @@ enum class Field : uint8_t {
 
 constexpr std::string_view kServiceNameLabel = "kubernetes.io/service-name";
 
+// The members read, by the context they belong to.
+struct Member {
+  Ctx ctx;
+  std::string_view key;
+  Field field;
+};
+constexpr Member kMembers[] = {
+    {Ctx::kEvent, "type", Field::kType},
+    {Ctx::kEvent, "object", Field::kObject},
+    {Ctx::kObject, "metadata", Field::kMetadata},
+    {Ctx::kObject, "addressType", Field::kAddressType},
+    {Ctx::kObject, "endpoints", Field::kEndpoints},
+    {Ctx::kObject, "ports", Field::kPorts},
+    {Ctx::kMetadata, "name", Field::kName},
+    {Ctx::kMetadata, "namespace", Field::kNamespace},
+    {Ctx::kMetadata, "resourceVersion", Field::kResourceVersion},
+    {Ctx::kMetadata, "labels", Field::kLabels},
+    {Ctx::kPort, "name", Field::kName},
+    {Ctx::kPort, "protocol", Field::kProtocol},
+    {Ctx::kPort, "port", Field::kPort},
+    {Ctx::kEndpoint, "addresses", Field::kAddresses},
+    {Ctx::kEndpoint, "conditions", Field::kConditions},
+    {Ctx::kEndpoint, "nodeName", Field::kNodeName},
+    {Ctx::kEndpoint, "zone", Field::kZone},
+    {Ctx::kEndpoint, "hints", Field::kHints},
+    {Ctx::kConditions, "ready", Field::kReady},
+    {Ctx::kConditions, "serving", Field::kServing},
+    {Ctx::kConditions, "terminating", Field::kTerminating},
+    {Ctx::kHints, "forZones", Field::kForZones},
+    {Ctx::kHints, "forNodes", Field::kForNodes},
+    {Ctx::kHint, "name", Field::kName},
+};
+
 Field fieldOf(Ctx ctx, std::string_view key) {
-  switch (ctx) {
-    case Ctx::kEvent:
-      if (key == "type") return Field::kType;
-      if (key == "object") return Field::kObject;
-      break;
-    case Ctx::kObject:
-      if (key == "metadata") return Field::kMetadata;
-      if (key == "addressType") return Field::kAddressType;
-      if (key == "endpoints") return Field::kEndpoints;
-      if (key == "ports") return Field::kPorts;
-      break;
-    case Ctx::kMetadata:
-      if (key == "name") return Field::kName;
-      if (key == "namespace") return Field::kNamespace;
-      if (key == "resourceVersion") return Field::kResourceVersion;
-      if (key == "labels") return Field::kLabels;
-      break;
-    case Ctx::kPort:
-      if (key == "name") return Field::kName;
-      if (key == "protocol") return Field::kProtocol;
-      if (key == "port") return Field::kPort;
-      break;
-    case Ctx::kEndpoint:
-      if (key == "addresses") return Field::kAddresses;
-      if (key == "conditions") return Field::kConditions;
-      if (key == "nodeName") return Field::kNodeName;
-      if (key == "zone") return Field::kZone;
-      if (key == "hints") return Field::kHints;
-      break;
-    case Ctx::kConditions:
-      if (key == "ready") return Field::kReady;
-      if (key == "serving") return Field::kServing;
-      if (key == "terminating") return Field::kTerminating;
-      break;
-    case Ctx::kHints:
-      if (key == "forZones") return Field::kForZones;
-      if (key == "forNodes") return Field::kForNodes;
-      break;
-    case Ctx::kHint:
-      if (key == "name") return Field::kName;
-      break;
-    default:
-      break;
-  }
+  for (const Member& m : kMembers)
+    if (m.ctx == ctx && m.key == key) return m.field;
   return Field::kUnknown;
 }
 
