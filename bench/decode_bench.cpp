@@ -4,7 +4,9 @@
 // managedFields, as a real apiserver sends it) grown to N endpoints, each a distinct pod with
 // targetRef, nodeName and zone — the shape the EndpointSlice controller writes. The body is
 // fed in 16 KiB pieces (a typical TLS record/read size), so events straddle chunk boundaries.
-// Counter "items_per_second" = events per second on one core; target ≥ 100 000/s.
+// Counter "items_per_second" = events per second on one core; target ≥ 100 000/s. The Dom
+// variant is the reference path (and the baseline), the other the SAX fast path the Kubernetes
+// source uses; results in bench/results/decode.md.
 #include <benchmark/benchmark.h>
 #include <fmt/format.h>
 
@@ -49,19 +51,26 @@ std::string makeBody(int events, int endpoints) {
   return body;
 }
 
-void BM_WatchDecodeEndpointSlices(benchmark::State& state) {
+// One watch body through a WatchStreamDecoder making `objects`, every event into a model value
+// (the DOM path's events through decodeEndpointSlice, as the Kubernetes source does).
+void decodeStream(benchmark::State& state, sluice::kube::WatchObjects objects) {
   const int kEvents = 1000;
   const std::string body = makeBody(kEvents, static_cast<int>(state.range(0)));
   const size_t kChunk = 16 * 1024;
   size_t slices = 0;
   std::vector<sluice::kube::WatchEvent> events;
   for (auto _ : state) {
-    sluice::kube::WatchStreamDecoder decoder;
+    sluice::kube::WatchStreamDecoder decoder(64u << 20, objects);
     for (size_t pos = 0; pos < body.size(); pos += kChunk) {
       events.clear();
       auto s = decoder.feed(std::string_view(body).substr(pos, kChunk), events);
       if (!s.isOk()) state.SkipWithError(s.toString().c_str());
-      for (const auto& ev : events) {
+      for (auto& ev : events) {
+        if (ev.slice) {
+          ++slices;
+          benchmark::DoNotOptimize(ev.slice);
+          continue;
+        }
         auto d = sluice::kube::decodeEndpointSlice(ev.object);
         slices += d.value ? 1 : 0;
         benchmark::DoNotOptimize(d);
@@ -72,6 +81,17 @@ void BM_WatchDecodeEndpointSlices(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(kEvents) * state.iterations());
   state.SetBytesProcessed(static_cast<int64_t>(body.size()) * state.iterations());
   state.counters["event_bytes"] = static_cast<double>(body.size()) / kEvents;
+}
+
+// The reference path: nlohmann DOM per event, then decodeEndpointSlice (the baseline).
+void BM_WatchDecodeEndpointSlicesDom(benchmark::State& state) {
+  decodeStream(state, sluice::kube::WatchObjects::kJson);
+}
+BENCHMARK(BM_WatchDecodeEndpointSlicesDom)->Arg(1)->Arg(10)->Arg(100)->Unit(benchmark::kMillisecond);
+
+// What the Kubernetes source runs: the SAX fast path straight into EndpointSlice values.
+void BM_WatchDecodeEndpointSlices(benchmark::State& state) {
+  decodeStream(state, sluice::kube::WatchObjects::kEndpointSlices);
 }
 BENCHMARK(BM_WatchDecodeEndpointSlices)->Arg(1)->Arg(10)->Arg(100)->Unit(benchmark::kMillisecond);
 

@@ -52,6 +52,11 @@ bool isExpiredOrTooLarge(int httpStatus, const std::string& body) {
 
 }  // namespace
 
+void ReflectorHandler::applySlice(const std::string&, EndpointSlice) {
+  // Only called for a handler whose wantsSlices() is true, which must override this.
+  spdlog::error("kubernetes: a decoded EndpointSlice event reached a handler that cannot take it");
+}
+
 Reflector::Reflector(std::shared_ptr<ServerSet> servers, std::shared_ptr<Credentials> credentials,
                      ReflectorOptions options, ReflectorHandler& handler)
     : servers_(std::move(servers)),
@@ -232,7 +237,7 @@ Reflector::Outcome Reflector::watch(std::string& rv) {
 
   Outcome outcome = Outcome::kEnded;
   uint64_t delivered = 0;
-  auto onEvent = [&](const WatchEvent& ev) -> bool {
+  auto onEvent = [&](WatchEvent& ev) -> bool {
     switch (ev.type) {
       case WatchEventType::kBookmark: {
         if (!ev.resourceVersion.empty()) rv = ev.resourceVersion;
@@ -244,7 +249,11 @@ Reflector::Outcome Reflector::watch(std::string& rv) {
       case WatchEventType::kAdded:
       case WatchEventType::kModified:
       case WatchEventType::kDeleted: {
-        handler_.apply(watchEventTypeName(ev.type), ev.object);
+        if (ev.slice) {
+          handler_.applySlice(watchEventTypeName(ev.type), std::move(*ev.slice));
+        } else {
+          handler_.apply(watchEventTypeName(ev.type), ev.object);
+        }
         if (!ev.resourceVersion.empty()) rv = ev.resourceVersion;
         ++delivered;
         std::lock_guard lock(mu_);
@@ -267,10 +276,11 @@ Reflector::Outcome Reflector::watch(std::string& rv) {
     return false;
   };
   // Chunk boundaries are not event boundaries: the decoder buffers partial events.
-  WatchStreamDecoder decoder;
+  WatchStreamDecoder decoder(64u << 20, handler_.wantsSlices() ? WatchObjects::kEndpointSlices
+                                                                : WatchObjects::kJson);
   std::vector<WatchEvent> events;
   auto consume = [&](const Status& decoded) -> bool {
-    for (const auto& ev : events)
+    for (auto& ev : events)
       if (!onEvent(ev)) return false;
     events.clear();
     if (!decoded) {

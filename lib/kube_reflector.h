@@ -25,6 +25,7 @@
 
 #include "sluice/http_client.h"
 #include "sluice/kube_config.h"
+#include "sluice/model.h"
 
 namespace sluice::kube {
 
@@ -76,6 +77,12 @@ class ReflectorHandler {
   virtual void replace(std::vector<nlohmann::json> items) = 0;
   // "ADDED" / "MODIFIED" / "DELETED" with the object.
   virtual void apply(const std::string& type, const nlohmann::json& object) = 0;
+
+  // A handler of EndpointSlices that answers true gets the watch events the stream decoder
+  // could decode on its fast path (WatchObjects::kEndpointSlices) as model values through
+  // applySlice; every other event still comes through apply().
+  virtual bool wantsSlices() const { return false; }
+  virtual void applySlice(const std::string& type, EndpointSlice slice);
 };
 
 class Reflector {

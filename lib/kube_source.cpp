@@ -120,20 +120,29 @@ class SliceHandler : public kube::ReflectorHandler {
 
   void apply(const std::string& type, const json& obj) override {
     ObjectName id = kube::objectName(obj);
-    std::string label = std::string(legacy_ ? "Endpoints " : "EndpointSlice ") + id.toString();
-    std::vector<EndpointSlice> now;
-    if (type != "DELETED") {
-      auto slices = decode(obj);
-      if (!slices) {
-        ++invalid_;
-      } else {
-        problems_.good(label);
-        now = std::move(*slices);
-      }
-    } else {
-      problems_.good(label);
+    if (type == "DELETED") return settle(id, {}, true);
+    auto slices = decode(obj);
+    if (!slices) {
+      ++invalid_;
+      return settle(id, {}, false);
     }
-    // Remove what this object contributed before and no longer does.
+    settle(id, std::move(*slices), true);
+  }
+
+  // Watch events of valid slices arrive decoded by the stream decoder's fast path.
+  bool wantsSlices() const override { return !legacy_; }
+  void applySlice(const std::string& type, EndpointSlice slice) override {
+    ObjectName id = slice.id;
+    std::vector<EndpointSlice> now;
+    if (type != "DELETED") now.push_back(std::move(slice));
+    settle(id, std::move(now), true);
+  }
+
+ private:
+  // Delivers the slices object `id` contributes now (none when deleted or invalid) and removes
+  // what it contributed before and no longer does. `good`: its problem, if any, is over.
+  void settle(const ObjectName& id, std::vector<EndpointSlice> now, bool good) {
+    if (good) problems_.good(std::string(legacy_ ? "Endpoints " : "EndpointSlice ") + id.toString());
     std::set<ObjectName> keep;
     for (const auto& s : now) keep.insert(s.id);
     for (const auto& old : owned_[id])
@@ -143,7 +152,6 @@ class SliceHandler : public kube::ReflectorHandler {
     for (auto& s : now) sink_.upsertSlice(std::move(s));
   }
 
- private:
   // Decodes one object; on failure reports the problem and returns its object label as error.
   Result<std::vector<EndpointSlice>> decode(const json& obj) {
     ObjectName id = kube::objectName(obj);

@@ -114,6 +114,13 @@ Result<WatchEvent> decodeWatchEvent(std::string_view text) {
 
 Status WatchStreamDecoder::decodeLine(std::string_view line, std::vector<WatchEvent>& out) {
   if (blank(line)) return Status::ok();
+  if (objects_ == WatchObjects::kEndpointSlices) {
+    if (auto fast = decodeSliceEventFast(line)) {
+      ++events_;
+      out.push_back(std::move(*fast));
+      return Status::ok();
+    }
+  }
   auto ev = decodeWatchEvent(line);
   if (!ev) {
     failed_ = ev.status().withContext(fmt::format("watch event {}", events_));

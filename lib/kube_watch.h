@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "sluice/model.h"
 #include "sluice/status.h"
 
 namespace sluice::kube {
@@ -44,18 +45,29 @@ const char* watchEventTypeName(WatchEventType t);  // "ADDED"...
 
 struct WatchEvent {
   WatchEventType type = WatchEventType::kAdded;
-  nlohmann::json object;              // the full object (DELETED: its last state)
+  nlohmann::json object;              // the full object (DELETED: its last state); null if `slice`
+  // The object already decoded, when a decoder made for EndpointSlices took its fast path
+  // (WatchObjects::kEndpointSlices): exactly what decodeEndpointSlice(object) would return.
+  std::optional<EndpointSlice> slice;
   std::string resourceVersion;        // object.metadata.resourceVersion; "" for ERROR
   std::optional<ApiStatus> error;     // set for ERROR events
   // BOOKMARK carrying annotation k8s.io/initial-events-end=true (end of a streaming list).
   bool initialEventsEnd = false;
 };
 
+// What a WatchStreamDecoder makes of an event's object.
+enum class WatchObjects : uint8_t {
+  kJson,            // every event carries its object as JSON
+  kEndpointSlices,  // valid EndpointSlice ADDED/MODIFIED/DELETED events carry `slice` instead
+};
+
 class WatchStreamDecoder {
  public:
   // An event longer than `maxEventBytes` (no newline within it) fails the stream instead of
   // growing the buffer without bound.
-  explicit WatchStreamDecoder(size_t maxEventBytes = 64u << 20) : maxEventBytes_(maxEventBytes) {}
+  explicit WatchStreamDecoder(size_t maxEventBytes = 64u << 20,
+                              WatchObjects objects = WatchObjects::kJson)
+      : maxEventBytes_(maxEventBytes), objects_(objects) {}
 
   // Consumes `bytes`, appending every event they complete to `out`. A malformed event (not
   // JSON, not a WatchEvent, unknown type) returns InvalidArgument naming the event's index;
@@ -72,6 +84,7 @@ class WatchStreamDecoder {
   Status decodeLine(std::string_view line, std::vector<WatchEvent>& out);
 
   size_t maxEventBytes_;
+  WatchObjects objects_;
   std::string pending_;  // bytes of the event not yet terminated by '\n'
   size_t events_ = 0;
   Status failed_;
@@ -79,6 +92,14 @@ class WatchStreamDecoder {
 
 // Decodes one event document (the part of a watch line between newlines).
 Result<WatchEvent> decodeWatchEvent(std::string_view text);
+
+// The fast path of WatchObjects::kEndpointSlices (lib/kube_watch_fast.cpp): one SAX pass from
+// the text into an event with `slice` set, no DOM. It declines (nullopt) every line it is not
+// certain to decode exactly as decodeWatchEvent + decodeEndpointSlice do — invalid JSON, a
+// BOOKMARK or ERROR, a repeated member, a null or wrongly typed value where one is read, any
+// value the DOM decoder rejects — so the caller takes the DOM path for it, and problems are
+// always worded by that one decoder.
+std::optional<WatchEvent> decodeSliceEventFast(std::string_view text);
 
 // A LIST response: `{"kind":"...List","metadata":{"resourceVersion","continue"},"items":[...]}`.
 struct ListResponse {

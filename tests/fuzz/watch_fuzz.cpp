@@ -1,12 +1,17 @@
 // libFuzzer target: the watch-stream push parser, the LIST decoder and the object decoders.
 // The first input byte chooses the chunk size, so events straddle chunk boundaries at every
 // offset; every decoded event's object goes through the Service and EndpointSlice decoders.
+// The EndpointSlice fast path (SAX, no DOM) must agree with the DOM path on every input: same
+// events, same slices, same problems, same stream status — a mismatch aborts.
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <string_view>
 
 #include "kube_decode.h"
 #include "kube_watch.h"
+#include "watch_equivalence.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
@@ -25,5 +30,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto list = sluice::kube::decodeList(body);
   if (list)
     for (const auto& item : list->items) (void)sluice::kube::decodeEndpointSlice(item);
+
+  using sluice::kube::WatchObjects;
+  auto dom = sluice::testing::decodeSliceStream(body, WatchObjects::kJson, chunk, 1 << 16);
+  auto fast = sluice::testing::decodeSliceStream(body, WatchObjects::kEndpointSlices, chunk, 1 << 16);
+  if (!(dom == fast)) {
+    std::fprintf(stderr, "watch_fuzz: the EndpointSlice fast path disagrees with the DOM path\n");
+    std::abort();
+  }
   return 0;
 }

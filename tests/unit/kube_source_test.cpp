@@ -142,6 +142,38 @@ TEST_CASE("kubernetes source: services and slices reach the sink; a bad object i
   source.stop();
 }
 
+// Watched slices take the stream decoder's fast path; an invalid one falls back to the DOM
+// decoder, whose problem names the field, and the slice's last good version is withdrawn.
+TEST_CASE("kubernetes source: a watched slice turning invalid and back") {
+  sluice::testing::ApiServer server;
+  server.start();
+  RecordingSink sink;
+  sluice::KubernetesSource source(fast({server.url()}));
+  REQUIRE(source.start(sink));
+  REQUIRE(eventually([&] { return sink.with([](auto& s) { return s.syncedKinds.size() == 2; }); }));
+  server.create("endpointslices", slice("web-abc", "web", "198.18.1.1"));
+  REQUIRE(eventually([&] { return sink.with([](auto& s) { return s.slices.size() == 1; }); }));
+  server.update("endpointslices", slice("web-abc", "web", "198.18.1.999"));
+  REQUIRE(eventually([&] {
+    return sink.with([](auto& s) {
+      return s.slices.empty() && s.problems.count("EndpointSlice default/web-abc");
+    });
+  }));
+  sink.with([](auto& s) {
+    CHECK(s.problems.at("EndpointSlice default/web-abc").field == "endpoints[0].addresses[0]");
+  });
+  server.update("endpointslices", slice("web-abc", "web", "198.18.1.2"));
+  REQUIRE(eventually([&] {
+    return sink.with([](auto& s) {
+      return s.problems.empty() && s.slices.count({"default", "web-abc"}) &&
+             s.slices.at({"default", "web-abc"}).endpoints.at(0).addresses.at(0) ==
+                 sluice::IPAddress::parse("198.18.1.2").value();
+    });
+  }));
+  CHECK(source.stats().invalidObjects == 1);
+  source.stop();
+}
+
 TEST_CASE("kubernetes source: legacy Endpoints become slices, and go away with them") {
   sluice::testing::ApiServer server;
   server.create("services", service("web", "198.18.0.10"));
