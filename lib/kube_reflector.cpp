@@ -84,7 +84,7 @@ void Reflector::stop() {
 }
 
 ReflectorStats Reflector::stats() const {
-  std::lock_guard lock(const_cast<std::mutex&>(mu_));
+  std::lock_guard lock(mu_);
   return stats_;
 }
 

@@ -115,7 +115,7 @@ class Reflector {
   ReflectorHandler& handler_;
 
   std::thread thread_;
-  std::mutex mu_;  // guards stopping_, conn_, stats_
+  mutable std::mutex mu_;  // guards stopping_, conn_, stats_
   std::condition_variable wake_;
   bool stopping_ = false;
   std::unique_ptr<http::Connection> conn_;
