@@ -73,6 +73,13 @@ const char* watchEventTypeName(WatchEventType t) {
   return "?";
 }
 
+std::optional<WatchEventType> parseWatchEventType(std::string_view name) {
+  for (auto t : {WatchEventType::kAdded, WatchEventType::kModified, WatchEventType::kDeleted, WatchEventType::kBookmark,
+                 WatchEventType::kError})
+    if (name == watchEventTypeName(t)) return t;
+  return std::nullopt;
+}
+
 // metadata.managedFields (server-side apply bookkeeping) is often half of an object's bytes and
 // no source reads it: it is dropped while parsing instead of being built and thrown away.
 // Depth 3 = event → object → metadata.
@@ -90,12 +97,9 @@ Result<WatchEvent> decodeWatchEvent(std::string_view text) {
   if (!type || !type->is_string()) return invalid("no \"type\"");
   WatchEvent ev;
   const auto& t = type->get_ref<const std::string&>();
-  if (t == "ADDED") ev.type = WatchEventType::kAdded;
-  else if (t == "MODIFIED") ev.type = WatchEventType::kModified;
-  else if (t == "DELETED") ev.type = WatchEventType::kDeleted;
-  else if (t == "BOOKMARK") ev.type = WatchEventType::kBookmark;
-  else if (t == "ERROR") ev.type = WatchEventType::kError;
-  else return invalid(fmt::format("unknown event type \"{}\"", t));  // as client-go's decoder
+  auto parsed = parseWatchEventType(t);
+  if (!parsed) return invalid(fmt::format("unknown event type \"{}\"", t));  // as client-go's decoder
+  ev.type = *parsed;
   auto obj = doc.find("object");
   if (obj == doc.end() || !obj->is_object()) return invalid("no \"object\"");
   ev.object = std::move(*obj);

@@ -42,6 +42,8 @@ ApiStatus decodeApiStatus(const nlohmann::json& status);
 
 enum class WatchEventType : uint8_t { kAdded, kModified, kDeleted, kBookmark, kError };
 const char* watchEventTypeName(WatchEventType t);  // "ADDED"...
+// The inverse: nullopt for a type client-go would not know either.
+std::optional<WatchEventType> parseWatchEventType(std::string_view name);
 
 struct WatchEvent {
   WatchEventType type = WatchEventType::kAdded;

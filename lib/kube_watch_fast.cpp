@@ -295,10 +295,10 @@ class SliceEventHandler {
     return hintNodes_ ? endpoint().hintNodes : endpoint().hintZones;
   }
   bool eventType(std::string_view t) {
-    if (t == "ADDED") type_ = WatchEventType::kAdded;
-    else if (t == "MODIFIED") type_ = WatchEventType::kModified;
-    else if (t == "DELETED") type_ = WatchEventType::kDeleted;
-    else return false;  // BOOKMARK, ERROR and unknown types are the DOM path's business
+    auto parsed = parseWatchEventType(t);
+    // BOOKMARK, ERROR and unknown types are the DOM path's business.
+    if (!parsed || *parsed == WatchEventType::kBookmark || *parsed == WatchEventType::kError) return false;
+    type_ = *parsed;
     haveType_ = true;
     return true;
   }
