@@ -150,6 +150,7 @@ class Daemon {
   Status startSource();
   Status startLeases();
   void markQueued();
+  std::unique_ptr<FanOutSink> fanOutTo(const std::string& source);
   void afterSync(Plane& plane, const SyncReport& report);
   void collect();
   HttpResponse explainHandler(const HttpRequest& request);
@@ -253,14 +254,19 @@ void Daemon::markQueued() {
   }
 }
 
+// One source's deliveries go to its sink in every family's store.
+std::unique_ptr<FanOutSink> Daemon::fanOutTo(const std::string& source) {
+  std::vector<StateSink*> sinks;
+  for (auto& plane : planes_) sinks.push_back(&plane->store.sink(source));
+  return std::make_unique<FanOutSink>(std::move(sinks), [this] { markQueued(); });
+}
+
 Status Daemon::startSource() {
   auto src = makeSource(options_, &kube_);
   if (!src) return src.status();
   sourceImpl_ = std::move(src).value();
   source_ = sourceImpl_->name();
-  std::vector<StateSink*> sinks;
-  for (auto& plane : planes_) sinks.push_back(&plane->store.sink(source_));
-  fanOut_ = std::make_unique<FanOutSink>(std::move(sinks), [this] { markQueued(); });
+  fanOut_ = fanOutTo(source_);
   // A file source loads synchronously here: a broken manifest stops the start.
   if (Status st = sourceImpl_->start(*fanOut_); !st) return st;
   return startLeases();
@@ -274,9 +280,7 @@ Status Daemon::startLeases() {
   leases_ = std::move(leases).value();
   if (!leases_) return Status::ok();
   const std::string name = leases_->source->name();
-  std::vector<StateSink*> sinks;
-  for (auto& plane : planes_) sinks.push_back(&plane->store.sink(name));
-  leaseFanOut_ = std::make_unique<FanOutSink>(std::move(sinks), [this] { markQueued(); });
+  leaseFanOut_ = fanOutTo(name);
   if (leases_->api) {
     if (Status st = leases_->api->start(); !st) return st.withContext("--lease-bind-address");
     spdlog::info("leases: serving the lease API (/v1/leases) on {}", leases_->api->boundAddress());
