@@ -5,8 +5,8 @@
 // targetRef, nodeName and zone — the shape the EndpointSlice controller writes. The body is
 // fed in 16 KiB pieces (a typical TLS record/read size), so events straddle chunk boundaries.
 // Counter "items_per_second" = events per second on one core; target ≥ 100 000/s. The Dom
-// variant is the reference path (and the baseline), the other the SAX fast path the Kubernetes
-// source uses; results in bench/results/decode.md.
+// variant is the reference path (nlohmann, the baseline), the other the simdjson fast path the
+// Kubernetes source uses; results in bench/results/decode.md.
 #include <benchmark/benchmark.h>
 #include <fmt/format.h>
 
@@ -89,7 +89,7 @@ void BM_WatchDecodeEndpointSlicesDom(benchmark::State& state) {
 }
 BENCHMARK(BM_WatchDecodeEndpointSlicesDom)->Arg(1)->Arg(10)->Arg(100)->Unit(benchmark::kMillisecond);
 
-// What the Kubernetes source runs: the SAX fast path straight into EndpointSlice values.
+// What the Kubernetes source runs: the simdjson fast path straight into EndpointSlice values.
 void BM_WatchDecodeEndpointSlices(benchmark::State& state) {
   decodeStream(state, sluice::kube::WatchObjects::kEndpointSlices);
 }

@@ -116,10 +116,10 @@ Result<WatchEvent> decodeWatchEvent(std::string_view text) {
   return ev;
 }
 
-Status WatchStreamDecoder::decodeLine(std::string_view line, std::vector<WatchEvent>& out) {
+Status WatchStreamDecoder::decodeLine(std::string_view line, bool padded, std::vector<WatchEvent>& out) {
   if (blank(line)) return Status::ok();
   if (objects_ == WatchObjects::kEndpointSlices) {
-    if (auto fast = decodeSliceEventFast(line)) {
+    if (auto fast = padded ? fast_.decodePadded(line) : fast_.decode(line)) {
       ++events_;
       out.push_back(std::move(*fast));
       return Status::ok();
@@ -151,10 +151,15 @@ Status WatchStreamDecoder::feed(std::string_view bytes, std::vector<WatchEvent>&
     size_t len = static_cast<const char*>(nl) - bytes.data();
     Status s;
     if (pending_.empty()) {
-      s = decodeLine(bytes.substr(0, len), out);  // whole line in this chunk: no copy
+      // Whole line in this chunk: no copy. The fast path reads past the line's end, in place
+      // when the chunk goes on long enough (the '\n' and the next events), else from a copy.
+      s = decodeLine(bytes.substr(0, len), bytes.size() - len >= kFastPathPadding, out);
     } else {
       pending_.append(bytes.substr(0, len));
-      s = decodeLine(pending_, out);
+      const size_t lineBytes = pending_.size();
+      // The padding the fast path reads past the line, in the buffer that holds it anyway.
+      if (objects_ == WatchObjects::kEndpointSlices) pending_.resize(lineBytes + kFastPathPadding);
+      s = decodeLine(std::string_view(pending_).substr(0, lineBytes), true, out);
       pending_.clear();
     }
     if (!s.isOk()) return s;
@@ -168,7 +173,7 @@ Status WatchStreamDecoder::finish(std::vector<WatchEvent>& out) {
   std::string rest = std::move(pending_);
   pending_.clear();
   if (blank(rest)) return Status::ok();
-  auto s = decodeLine(rest, out);
+  auto s = decodeLine(rest, /*padded=*/false, out);
   if (!s.isOk()) return s.withContext("stream ended inside an event");
   return s;
 }

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -57,6 +58,40 @@ struct WatchEvent {
   bool initialEventsEnd = false;
 };
 
+// simdjson reads up to this many bytes past the end of its input (SIMDJSON_PADDING, checked in
+// lib/kube_watch_fast.cpp); their values do not matter, only that they are readable.
+inline constexpr size_t kFastPathPadding = 64;
+
+// The fast path of WatchObjects::kEndpointSlices (lib/kube_watch_fast.cpp): simdjson parses the
+// line and a reader takes only what decodeEndpointSlice reads, straight into an event with
+// `slice` set. It declines (nullopt) every line it is not certain to decode exactly as
+// decodeWatchEvent + decodeEndpointSlice do — invalid JSON, a BOOKMARK or ERROR, a repeated
+// member, a null or wrongly typed value where one is read, any value the DOM decoder rejects —
+// so the caller takes the DOM path for it, and problems are always worded by that one decoder.
+// One per stream: it keeps simdjson's parser (and its buffers) from line to line.
+class SliceEventDecoder {
+ public:
+  SliceEventDecoder();
+  ~SliceEventDecoder();
+  SliceEventDecoder(SliceEventDecoder&&) noexcept;
+  SliceEventDecoder& operator=(SliceEventDecoder&&) noexcept;
+
+  // `text` must be followed in memory by kFastPathPadding readable bytes (e.g. the rest of the
+  // read buffer it came from): it is parsed in place.
+  std::optional<WatchEvent> decodePadded(std::string_view text) { return parse(text, true); }
+  // Any text: copied first into a padded buffer the parser keeps for the next line.
+  std::optional<WatchEvent> decode(std::string_view text) { return parse(text, false); }
+
+ private:
+  std::optional<WatchEvent> parse(std::string_view text, bool padded);
+
+  struct Parser;  // simdjson's parser: simdjson.h (31 000 lines) stays out of this header
+  std::unique_ptr<Parser> parser_;  // made on the first line
+};
+
+// One line through a fresh SliceEventDecoder (tests; a stream keeps one decoder).
+std::optional<WatchEvent> decodeSliceEventFast(std::string_view text);
+
 // What a WatchStreamDecoder makes of an event's object.
 enum class WatchObjects : uint8_t {
   kJson,            // every event carries its object as JSON
@@ -83,10 +118,12 @@ class WatchStreamDecoder {
   size_t eventsDecoded() const { return events_; }
 
  private:
-  Status decodeLine(std::string_view line, std::vector<WatchEvent>& out);
+  // `padded`: kFastPathPadding readable bytes follow `line` (the fast path parses it in place).
+  Status decodeLine(std::string_view line, bool padded, std::vector<WatchEvent>& out);
 
   size_t maxEventBytes_;
   WatchObjects objects_;
+  SliceEventDecoder fast_;  // WatchObjects::kEndpointSlices
   std::string pending_;  // bytes of the event not yet terminated by '\n'
   size_t events_ = 0;
   Status failed_;
@@ -94,14 +131,6 @@ class WatchStreamDecoder {
 
 // Decodes one event document (the part of a watch line between newlines).
 Result<WatchEvent> decodeWatchEvent(std::string_view text);
-
-// The fast path of WatchObjects::kEndpointSlices (lib/kube_watch_fast.cpp): one SAX pass from
-// the text into an event with `slice` set, no DOM. It declines (nullopt) every line it is not
-// certain to decode exactly as decodeWatchEvent + decodeEndpointSlice do — invalid JSON, a
-// BOOKMARK or ERROR, a repeated member, a null or wrongly typed value where one is read, any
-// value the DOM decoder rejects — so the caller takes the DOM path for it, and problems are
-// always worded by that one decoder.
-std::optional<WatchEvent> decodeSliceEventFast(std::string_view text);
 
 // A LIST response: `{"kind":"...List","metadata":{"resourceVersion","continue"},"items":[...]}`.
 struct ListResponse {

@@ -8,7 +8,7 @@ packages=(
   g++ cmake make pkg-config
   # libraries sluice links
   libnftnl-dev libmnl-dev libnetfilter-conntrack-dev nlohmann-json3-dev libfmt-dev libssl-dev libboost-dev
-  libyaml-cpp-dev libspdlog-dev libcli11-dev libsystemd-dev
+  libyaml-cpp-dev libspdlog-dev libcli11-dev libsystemd-dev libsimdjson-dev
   # tests and benchmarks (etcd-server: the lease tests run a real etcd on loopback; clang: fuzzers)
   doctest-dev libbenchmark-dev python3 time gnuplot-nox etcd-server clang
   # tools the real-kernel tests and the comparison script use (the product never runs them)

@@ -1,8 +1,10 @@
 // libFuzzer target: the watch-stream push parser, the LIST decoder and the object decoders.
-// The first input byte chooses the chunk size, so events straddle chunk boundaries at every
-// offset; every decoded event's object goes through the Service and EndpointSlice decoders.
-// The EndpointSlice fast path (SAX, no DOM) must agree with the DOM path on every input: same
-// events, same slices, same problems, same stream status — a mismatch aborts.
+// The first input byte chooses the chunk size: below 128, 1–64 bytes, so events straddle chunk
+// boundaries at every offset; from 128, 64–8 192 bytes, so whole lines sit in one chunk and the
+// fast path parses them in place. Every decoded event's object goes through the Service and
+// EndpointSlice decoders. The EndpointSlice fast path (simdjson) must agree with the nlohmann DOM
+// path on every input: same events, same slices, same problems, same stream status — a mismatch
+// aborts.
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -15,7 +17,7 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
-  const size_t chunk = 1 + data[0] % 64;
+  const size_t chunk = data[0] < 128 ? 1 + data[0] % 64 : 64 * size_t(data[0] - 127);
   std::string_view body(reinterpret_cast<const char*>(data + 1), size - 1);
   sluice::kube::WatchStreamDecoder decoder(1 << 16);
   std::vector<sluice::kube::WatchEvent> events;
