@@ -582,4 +582,35 @@ Decoded<std::vector<EndpointSlice>> decodeEndpoints(const nlohmann::json& obj) {
   return succeeded(std::move(out));
 }
 
+// --- Node -------------------------------------------------------------------------------------
+
+Decoded<NodeInfo> decodeNode(const nlohmann::json& obj) {
+  // The taint the cluster autoscaler puts on a node it is about to remove, and the zone label
+  // kube-proxy's topology reads (only the GA label: the beta failure-domain one is not read).
+  static constexpr std::string_view kToBeDeletedTaint = "ToBeDeletedByClusterAutoscaler";
+  static constexpr std::string_view kZoneLabel = "topology.kubernetes.io/zone";
+  NodeInfo node;
+  node.name = objectName(obj).name;
+  Reader r("Node " + (node.name.empty() ? std::string("<unnamed>") : node.name));
+  const json* meta = nullptr;
+  const json* spec = nullptr;
+  std::string deletion;
+  bool ok = checkEnvelope(r, obj, {"", node.name}) && r.labels(obj, node.labels) &&
+            r.object(obj, "metadata", "", meta) &&
+            r.string(*meta, "deletionTimestamp", "metadata", deletion) &&
+            r.object(obj, "spec", "", spec) &&
+            r.array(*spec, "taints", "spec", [&](const json& taint, const std::string& path) {
+              if (!taint.is_object()) return r.fail(path, "must be an object");
+              std::string key;
+              if (!r.string(taint, "key", path, key)) return false;
+              if (key == kToBeDeletedTaint) node.toBeDeleted = true;
+              return true;
+            });
+  if (!ok) return failed<NodeInfo>(r);
+  node.present = true;
+  node.deletionPending = !deletion.empty();
+  if (auto zone = node.labels.find(std::string(kZoneLabel)); zone != node.labels.end()) node.zone = zone->second;
+  return succeeded(std::move(node));
+}
+
 }  // namespace sluice::kube

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "sluice/kube_source.h"
 #include "sluice/model.h"
 
 namespace sluice::kube {
@@ -33,5 +34,7 @@ Decoded<EndpointSlice> decodeEndpointSlice(const nlohmann::json& obj);
 // Legacy core/v1 Endpoints: one EndpointSlice per (subset, address family), named
 // "<name>-endpoints-<n>", serviceName = the Endpoints' name (they share it).
 Decoded<std::vector<EndpointSlice>> decodeEndpoints(const nlohmann::json& obj);
+// A core/v1 Node (cluster-scoped: problems name "Node <name>"); present is true on success.
+Decoded<NodeInfo> decodeNode(const nlohmann::json& obj);
 
 }  // namespace sluice::kube

@@ -96,6 +96,7 @@ std::string Reflector::query(bool watch, const std::string& rv, const std::strin
     q += fmt::format("{}={}", k, queryEscape(v));
   };
   if (!options_.labelSelector.empty()) add("labelSelector", options_.labelSelector);
+  if (!options_.fieldSelector.empty()) add("fieldSelector", options_.fieldSelector);
   if (watch) {
     add("watch", "1");
     add("allowWatchBookmarks", "true");
@@ -144,9 +145,20 @@ void Reflector::noteFailure(const Status& status, size_t serverIndex, bool unrea
   std::lock_guard lock(mu_);
   ++stats_.errors;
   if (moved) ++stats_.failovers;
-  if (status.code() != Code::kAborted)
-    spdlog::warn("kubernetes {}: {}{}", options_.collectionPath, status.toString(),
-                 moved ? " (failing over to the next server)" : "");
+  if (status.code() == Code::kAborted) return;
+  const bool quiet = !options_.quietNote.empty();
+  const bool repeat = failing_;
+  failing_ = true;
+  spdlog::log(quiet && repeat ? spdlog::level::debug : spdlog::level::warn, "kubernetes {}: {}{}{}",
+              options_.collectionPath, status.toString(), moved ? " (failing over to the next server)" : "",
+              quiet && !repeat ? " " + options_.quietNote : "");
+}
+
+void Reflector::noteSuccess() {
+  std::lock_guard lock(mu_);
+  if (failing_ && !options_.quietNote.empty())
+    spdlog::info("kubernetes {}: working again", options_.collectionPath);
+  failing_ = false;
 }
 
 Result<http::Response> Reflector::roundTrip(const std::string& target, Outcome& outcome) {
@@ -344,6 +356,7 @@ void Reflector::run() {
       continue;
     }
     backoff_ = milliseconds(0);
+    noteSuccess();
     std::string rv = *listed;
     for (;;) {
       size_t serverBefore = servers_->current().second;

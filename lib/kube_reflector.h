@@ -49,6 +49,7 @@ class ServerSet {
 struct ReflectorOptions {
   std::string collectionPath;  // "/api/v1/services"
   std::string labelSelector;   // unencoded
+  std::string fieldSelector;   // unencoded, e.g. "metadata.name=node-1"
   size_t pageSize = 500;
   std::chrono::milliseconds lease{75000};  // > the apiserver's 1 min bookmark period
   std::chrono::milliseconds minWatchTimeout{300000};
@@ -56,6 +57,10 @@ struct ReflectorOptions {
   std::chrono::milliseconds connectTimeout{10000};
   std::chrono::milliseconds backoffInitial{800};
   std::chrono::milliseconds backoffMax{30000};
+  // For a watch that is optional to its user (the Node): the first failure of a run is logged
+  // as a warning followed by `quietNote`, the retries that follow only at debug level, until a
+  // LIST or a watch succeeds again. Empty: every failure is a warning.
+  std::string quietNote;
 };
 
 struct ReflectorStats {
@@ -108,6 +113,7 @@ class Reflector {
   void dropConnection();
   bool sleepBackoff();
   void noteFailure(const Status& status, size_t serverIndex, bool unreachable);
+  void noteSuccess();
 
   std::shared_ptr<ServerSet> servers_;
   std::shared_ptr<Credentials> credentials_;
@@ -121,6 +127,7 @@ class Reflector {
   std::unique_ptr<http::Connection> conn_;
   ReflectorStats stats_;
   std::chrono::milliseconds backoff_{0};
+  bool failing_ = false;  // a failure was logged and nothing succeeded since (guarded by mu_)
 };
 
 // Percent-encodes a query value (RFC 3986 unreserved characters stay).

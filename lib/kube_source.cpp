@@ -4,6 +4,9 @@
 #include <mutex>
 #include <set>
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
 #include "kube_decode.h"
 #include "kube_reflector.h"
 
@@ -182,6 +185,74 @@ class SliceHandler : public kube::ReflectorHandler {
   std::map<ObjectName, std::set<ObjectName>> owned_;  // Endpoints/slice → slices delivered
 };
 
+// This node's Node object (fieldSelector metadata.name): NodeInfo to the user's callback,
+// decode failures to the sink as problems. Never calls synced(): the Services and slices must
+// not wait for a Node that may not exist or may be forbidden to read.
+class NodeHandler : public kube::ReflectorHandler {
+ public:
+  NodeHandler(StateSink& sink, std::atomic<uint64_t>& invalid, std::string name,
+              std::function<void(const NodeInfo&)> onNode)
+      : problems_(sink), invalid_(invalid), name_(std::move(name)), onNode_(std::move(onNode)) {}
+
+  void replace(std::vector<json> items) override {
+    // The selector leaves at most one item; anything else is not this node.
+    std::set<std::string> bad;
+    const json* mine = nullptr;
+    for (const auto& item : items)
+      if (kube::objectName(item).name == name_) mine = &item;
+    if (!mine) {
+      problems_.keepOnly(bad);
+      if (!reportedAbsent_)
+        spdlog::warn("kubernetes: Node {} not found; it counts as eligible (/healthz) and the watch "
+                     "goes on until it appears", name_);
+      reportedAbsent_ = true;
+      return deliver(absent());
+    }
+    if (!decode(*mine)) bad.insert(label());
+    problems_.keepOnly(bad);
+  }
+
+  void apply(const std::string& type, const json& obj) override {
+    if (kube::objectName(obj).name != name_) return;
+    if (type == "DELETED") {
+      problems_.good(label());
+      spdlog::warn("kubernetes: Node {} was deleted", name_);
+      return deliver(absent());
+    }
+    decode(obj);
+  }
+
+ private:
+  std::string label() const { return "Node " + name_; }
+  NodeInfo absent() const {
+    NodeInfo n;
+    n.name = name_;
+    return n;
+  }
+  // A rejected Node keeps the last good one in force: eligibility and zone stay as they were.
+  bool decode(const json& obj) {
+    auto d = kube::decodeNode(obj);
+    if (!d) {
+      ++invalid_;
+      problems_.bad(*d.error);
+      return false;
+    }
+    problems_.good(label());
+    reportedAbsent_ = false;
+    deliver(*d.value);
+    return true;
+  }
+  void deliver(const NodeInfo& node) {
+    if (onNode_) onNode_(node);
+  }
+
+  ProblemBook problems_;
+  std::atomic<uint64_t>& invalid_;
+  std::string name_;
+  std::function<void(const NodeInfo&)> onNode_;
+  bool reportedAbsent_ = false;
+};
+
 }  // namespace
 
 struct KubernetesSource::Impl {
@@ -191,6 +262,8 @@ struct KubernetesSource::Impl {
   std::unique_ptr<SliceHandler> slices;
   std::unique_ptr<kube::Reflector> serviceReflector;
   std::unique_ptr<kube::Reflector> sliceReflector;
+  std::unique_ptr<NodeHandler> node;
+  std::unique_ptr<kube::Reflector> nodeReflector;  // with options.watchNode only
 };
 
 KubernetesSource::KubernetesSource(KubernetesSourceOptions options)
@@ -238,18 +311,31 @@ Status KubernetesSource::start(StateSink& sink) {
   impl_->sliceReflector = std::make_unique<kube::Reflector>(servers, credentials, eps, *impl_->slices);
   impl_->serviceReflector->start();
   impl_->sliceReflector->start();
+  if (!o.watchNode.empty()) {
+    kube::ReflectorOptions node = base;
+    node.collectionPath = "/api/v1/nodes";
+    node.labelSelector.clear();
+    node.fieldSelector = "metadata.name=" + o.watchNode;
+    node.quietNote = fmt::format(
+        "(Node {} unreadable: /healthz keeps the node eligible and the zone stays as it was; retrying "
+        "with backoff, further failures are logged at debug level)",
+        o.watchNode);
+    impl_->node = std::make_unique<NodeHandler>(sink, impl_->invalid, o.watchNode, o.onNode);
+    impl_->nodeReflector = std::make_unique<kube::Reflector>(servers, credentials, node, *impl_->node);
+    impl_->nodeReflector->start();
+  }
   return {};
 }
 
 void KubernetesSource::stop() {
-  if (impl_->serviceReflector) impl_->serviceReflector->stop();
-  if (impl_->sliceReflector) impl_->sliceReflector->stop();
+  for (auto& r : {impl_->serviceReflector.get(), impl_->sliceReflector.get(), impl_->nodeReflector.get()})
+    if (r) r->stop();
 }
 
 KubernetesSourceStats KubernetesSource::stats() const {
   KubernetesSourceStats out;
   out.invalidObjects = impl_->invalid;
-  for (const auto* r : {impl_->serviceReflector.get(), impl_->sliceReflector.get()}) {
+  for (const auto* r : {impl_->serviceReflector.get(), impl_->sliceReflector.get(), impl_->nodeReflector.get()}) {
     if (!r) continue;
     kube::ReflectorStats s = r->stats();
     out.lists += s.lists;

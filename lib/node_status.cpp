@@ -56,6 +56,11 @@ std::string statusJson(const NodeStatus& s) {
   j["sources"] = nlohmann::json::array();
   for (const NodeStatus::SourceStatus& src : s.sources)
     j["sources"].push_back({{"name", src.name}, {"synced", src.synced}, {"detail", src.detail}});
+  j["nodeWatch"] = nullptr;
+  if (const auto& n = s.nodeWatch)
+    j["nodeWatch"] = {{"name", s.nodeName},       {"present", n->present},         {"eligible", s.nodeEligible},
+                      {"zone", n->zone},          {"deletionPending", n->deletionPending},
+                      {"toBeDeleted", n->toBeDeleted}};
   j["draining"] = nlohmann::json::array();
   for (const DrainingEndpoint& d : s.draining)
     j["draining"].push_back({{"service", {{"namespace", d.servicePort.service.ns}, {"name", d.servicePort.service.name}}},
@@ -81,6 +86,10 @@ std::string statusHtml(const NodeStatus& s) {
       s.netns.empty() ? "" : " &middot; netns <code>" + htmlEscape(s.netns) + "</code>", formatTimestamp(s.started),
       formatTimestamp(s.now), s.healthy ? "good" : "bad", s.healthy ? "healthy" : "unhealthy",
       s.nodeEligible ? "eligible" : "<b class=\"bad\">not eligible</b>");
+  if (const auto& n = s.nodeWatch)
+    out += fmt::format("<p>Node object: {} &middot; zone <code>{}</code>{}{}</p>\n", n->present ? "present" : "<b class=\"bad\">not found</b>",
+                       htmlEscape(n->zone.empty() ? "(none)" : n->zone), n->deletionPending ? " &middot; being deleted" : "",
+                       n->toBeDeleted ? " &middot; ToBeDeletedByClusterAutoscaler" : "");
   out += "<h2>Syncs</h2>\n<table><tr><th>family</th><th>syncs</th><th>failures</th><th>last</th><th>kind</th>"
          "<th>duration</th><th>operations</th><th>services</th><th>last success</th><th>error</th></tr>\n";
   for (const FamilySyncStatus& f : s.families) {

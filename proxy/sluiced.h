@@ -2,6 +2,7 @@
 // lives in the library).
 #pragma once
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -14,6 +15,7 @@
 
 namespace sluice {
 class KubernetesSource;
+struct NodeInfo;
 class LeaseStore;
 class LeaseSource;
 class HttpServer;
@@ -36,9 +38,11 @@ int runCleanup(const sluice::ProxyOptions& options);
 
 // The Source --source names: FileSource for "file:PATH", KubernetesSource for "kubernetes"
 // (--kubeconfig, else the in-cluster config; --master overrides the server). `kube`, when
-// given, receives the Kubernetes source (for its counters) or stays untouched.
-sluice::Result<std::unique_ptr<sluice::Source>> makeSource(const sluice::ProxyOptions& options,
-                                                           sluice::KubernetesSource** kube);
+// given, receives the Kubernetes source (for its counters) or stays untouched. `onNode`, when
+// given, makes the Kubernetes source watch this node's Node object (nodeName(options)).
+sluice::Result<std::unique_ptr<sluice::Source>> makeSource(
+    const sluice::ProxyOptions& options, sluice::KubernetesSource** kube,
+    std::function<void(const sluice::NodeInfo&)> onNode = {});
 
 // A bearer token from a file (surrounding whitespace trimmed); errors name `flag`.
 sluice::Result<std::string> readToken(const std::string& path, const std::string& flag);

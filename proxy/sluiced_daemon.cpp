@@ -9,6 +9,7 @@
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -147,7 +148,12 @@ class Daemon {
   Status openPlanes();
   Status startPlane(Plane& plane);
   void stopPlane(Plane& plane);
+  // Gives a running plane a new configuration: a new DataPlane whose first sync replaces the
+  // table. Call with planesMu_ held.
+  void restartPlane(Plane& plane, const ProxyConfig& cfg);
   Status startSource();
+  // The Kubernetes source's Node watch: eligibility for /healthz, the zone for topology hints.
+  void onNode(const NodeInfo& node);
   Status startLeases();
   void markQueued();
   std::unique_ptr<FanOutSink> fanOutTo(const std::string& source);
@@ -181,6 +187,13 @@ class Daemon {
   std::unique_ptr<ServiceHealthServers> healthChecks_;
 
   mutable std::mutex statusMu_;  // planes' status and problems_, read by the HTTP threads
+  // Plane configurations and (re)starts: reload and Node zone changes (the Node watch's thread)
+  // swap a plane's DataPlane, runner and drift monitor. Taken before statusMu_, never after.
+  mutable std::mutex planesMu_;
+  bool planesStarted_ = false;
+  std::string nodeZone_;  // the Node's zone label in force (planesMu_); survives reloads
+  mutable std::mutex nodeMu_;
+  std::optional<NodeStatus::NodeWatch> nodeWatch_;  // set when the source watches the Node
   bool conntrackStatsWarned_ = false;
 };
 
@@ -245,6 +258,12 @@ void Daemon::stopPlane(Plane& plane) {
   if (plane.drain) plane.drain->stop();
 }
 
+void Daemon::restartPlane(Plane& plane, const ProxyConfig& cfg) {
+  stopPlane(plane);
+  plane.cfg = cfg;
+  if (planesStarted_) (void)startPlane(plane);
+}
+
 // Every delivery of a source: a sync is queued in each family (health and metrics).
 void Daemon::markQueued() {
   const auto now = system_clock::now();
@@ -262,14 +281,51 @@ std::unique_ptr<FanOutSink> Daemon::fanOutTo(const std::string& source) {
 }
 
 Status Daemon::startSource() {
-  auto src = makeSource(options_, &kube_);
+  auto src = makeSource(options_, &kube_, [this](const NodeInfo& node) { onNode(node); });
   if (!src) return src.status();
   sourceImpl_ = std::move(src).value();
+  if (kube_) {
+    std::lock_guard lock(nodeMu_);
+    nodeWatch_.emplace();  // before start(): onNode runs only after it
+  }
   source_ = sourceImpl_->name();
   fanOut_ = fanOutTo(source_);
   // A file source loads synchronously here: a broken manifest stops the start.
   if (Status st = sourceImpl_->start(*fanOut_); !st) return st;
   return startLeases();
+}
+
+// Called on the Node watch's thread, never on a path that programs Services: a Node that is
+// missing or unreadable only means this is not called (eligible stays true, the zone stays).
+void Daemon::onNode(const NodeInfo& node) {
+  const bool eligible = node.eligible();
+  if (eligible != health_.state().nodeEligible) {
+    if (eligible) {
+      spdlog::info("Node {} is eligible again: /healthz answers 200", node.name);
+    } else {
+      spdlog::warn("Node {} is {}: /healthz answers 503 (load balancers stop sending new traffic here)",
+                   node.name, node.deletionPending ? "being deleted" : "tainted ToBeDeletedByClusterAutoscaler");
+    }
+  }
+  health_.setNodeEligible(eligible);
+  std::string zone;
+  {
+    std::lock_guard lock(planesMu_);
+    // A Node that is gone keeps the zone it had: nothing to re-plan for.
+    if (node.present && node.zone != nodeZone_) {
+      spdlog::info("Node {}: zone \"{}\" (was \"{}\"); re-planning every family in full for topology hints",
+                   node.name, node.zone, nodeZone_);
+      nodeZone_ = node.zone;
+      for (auto& plane : planes_) {
+        ProxyConfig cfg = plane->cfg;
+        cfg.zone = nodeZone_;
+        restartPlane(*plane, cfg);
+      }
+    }
+    zone = nodeZone_;
+  }
+  std::lock_guard lock(nodeMu_);
+  nodeWatch_ = NodeStatus::NodeWatch{node.present, node.deletionPending, node.toBeDeleted, zone};
 }
 
 // Leased endpoints feed the same stores as a source of their own ("leases:<store>"), so they
@@ -380,8 +436,13 @@ HttpResponse Daemon::explainHandler(const HttpRequest& request) {
   req->fromNode = q["from"] == "node";
   for (auto& plane : planes_) {
     if (plane->cfg.family != req->dst.family()) continue;
+    ProxyConfig cfg;
+    {
+      std::lock_guard lock(planesMu_);
+      cfg = plane->cfg;
+    }
     Snapshot snapshot = plane->store.withSnapshot([](Snapshot& s) { return s; });
-    auto ex = explain(snapshot, plane->cfg, *req);
+    auto ex = explain(snapshot, cfg, *req);
     if (!ex) return HttpResponse::text(422, ex.status().toString() + "\n");
     return q["format"] == "text" ? HttpResponse::text(200, ex->toString()) : HttpResponse::json(200, ex->toJson() + "\n");
   }
@@ -392,6 +453,7 @@ HttpResponse Daemon::explainHandler(const HttpRequest& request) {
 void Daemon::collect() {
   collectConntrackStats();
   uint64_t completedFlows = 0, completedDeadline = 0, completedReturned = 0;
+  std::unique_lock planes(planesMu_);  // restartPlane replaces the drift monitors
   for (auto& plane : planes_) {
     const std::string fam = familyName(plane->cfg.family);
     if (plane->drain) {
@@ -408,6 +470,7 @@ void Daemon::collect() {
     }
     if (plane->drift) metrics_.driftRepairs.with({fam}).set(static_cast<double>(plane->drift->driftsDetected()));
   }
+  planes.unlock();
   metrics_.drainsCompleted.with({"flows_gone"}).set(static_cast<double>(completedFlows));
   metrics_.drainsCompleted.with({"deadline"}).set(static_cast<double>(completedDeadline));
   metrics_.drainsCompleted.with({"returned"}).set(static_cast<double>(completedReturned));
@@ -510,17 +573,18 @@ void Daemon::reload() {
   needsRestart("--sync-period (the /healthz timeout)", n.syncPeriod != options_.syncPeriod);
   needsRestart("--min-sync-period, --drain-timeout", n.minSyncPeriod != options_.minSyncPeriod ||
                                                       n.drainTimeout != options_.drainTimeout);
+  if (kube_) needsRestart("the Node watched (--hostname-override)", nodeName(n) != nodeName(options_));
   // What shapes the rules is applied now: a new DataPlane (and runner) whose first sync
   // replaces the table.
+  std::unique_lock planes(planesMu_);
   for (auto& plane : planes_) {
     ProxyConfig cfg = toProxyConfig(n, plane->cfg.family);
+    cfg.zone = nodeZone_;  // from the Node object, not from the configuration
     if (cfg.nodeName == plane->cfg.nodeName && cfg.clusterCIDRs == plane->cfg.clusterCIDRs &&
         cfg.masqueradeAll == plane->cfg.masqueradeAll && cfg.masqueradeBit == plane->cfg.masqueradeBit)
       continue;
     spdlog::info("reload: {} rules change; replacing the table", familyName(plane->cfg.family));
-    stopPlane(*plane);
-    plane->cfg = cfg;
-    (void)startPlane(*plane);
+    restartPlane(*plane, cfg);
   }
   const std::string keepNetns = options_.netns;
   const auto keepSync = options_.syncPeriod;
@@ -537,6 +601,7 @@ void Daemon::reload() {
   options_.master = keepMaster;
   spdlog::info("reload: configuration applied");
   for (auto& plane : planes_) plane->runner->requestFullSync();
+  planes.unlock();
   notify("READY=1");
 }
 
@@ -568,6 +633,11 @@ NodeStatus Daemon::status() const {
     }
     s.sources.push_back(std::move(src));
   }
+  {
+    std::lock_guard lock(nodeMu_);
+    s.nodeWatch = nodeWatch_;
+  }
+  std::lock_guard planes(planesMu_);  // before statusMu_ (see planesMu_)
   std::lock_guard lock(statusMu_);
   for (const auto& plane : planes_) {
     FamilySyncStatus f = plane->status;
@@ -632,7 +702,11 @@ int Daemon::run() {
     stopServers();
     return kExitFailure;
   }
-  for (auto& plane : planes_) (void)startPlane(*plane);
+  {
+    std::lock_guard lock(planesMu_);
+    for (auto& plane : planes_) (void)startPlane(*plane);
+    planesStarted_ = true;
+  }
   notify(fmt::format("READY=1\nSTATUS=serving, source {}", source_));
 
   for (;;) {

@@ -33,7 +33,8 @@ Result<kube::ClientConfig> kubeClientConfig(const ProxyOptions& options) {
   return client;
 }
 
-Result<std::unique_ptr<Source>> makeSource(const ProxyOptions& options, sluice::KubernetesSource** kube) {
+Result<std::unique_ptr<Source>> makeSource(const ProxyOptions& options, sluice::KubernetesSource** kube,
+                                           std::function<void(const NodeInfo&)> onNode) {
   const std::string source = resolveSource(options);
   if (source.rfind("file:", 0) == 0) {
     FileSourceOptions fo;
@@ -44,6 +45,10 @@ Result<std::unique_ptr<Source>> makeSource(const ProxyOptions& options, sluice::
   if (!client) return client.status();
   KubernetesSourceOptions ko;
   ko.client = std::move(client).value();
+  if (onNode) {
+    ko.watchNode = nodeName(options);
+    ko.onNode = std::move(onNode);
+  }
   auto k = std::make_unique<KubernetesSource>(std::move(ko));
   if (kube) *kube = k.get();
   return std::unique_ptr<Source>(std::move(k));

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,14 @@ struct NodeStatus {
     std::string detail;  // e.g. the Kubernetes source's counters
   };
   std::vector<SourceStatus> sources;
+  // This node's Node object, when the source watches it (the Kubernetes source).
+  struct NodeWatch {
+    bool present = false;  // seen, and not deleted since
+    bool deletionPending = false;
+    bool toBeDeleted = false;  // the cluster autoscaler's taint
+    std::string zone;          // what topology hints use
+  };
+  std::optional<NodeWatch> nodeWatch;
   // Endpoints that stopped receiving new connections and whose flows are still counted.
   std::vector<DrainingEndpoint> draining;
 };

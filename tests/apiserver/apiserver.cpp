@@ -165,6 +165,41 @@ bool matchesSelector(const json& obj, const std::string& selector) {
   return true;
 }
 
+// The generic field selectors every kind supports (metadata.name, and metadata.namespace for
+// namespaced kinds): "k=v", "k==v", "k!=v", ',' = AND. Returns the error message of an
+// unsupported field, as kube-apiserver's 400 says it.
+std::optional<std::string> checkFieldSelector(const std::string& selector, bool clusterScoped) {
+  size_t start = 0;
+  while (start < selector.size()) {
+    size_t end = selector.find(',', start);
+    if (end == std::string::npos) end = selector.size();
+    std::string term = selector.substr(start, end - start);
+    std::string field = term.substr(0, term.find_first_of("!="));
+    if (field != "metadata.name" && (clusterScoped || field != "metadata.namespace"))
+      return "field label not supported: " + field;
+    start = end + 1;
+  }
+  return std::nullopt;
+}
+
+bool matchesFieldSelector(const json& obj, const std::string& selector) {
+  size_t start = 0;
+  while (start < selector.size()) {
+    size_t end = selector.find(',', start);
+    if (end == std::string::npos) end = selector.size();
+    std::string term = selector.substr(start, end - start);
+    start = end + 1;
+    size_t op = term.find_first_of("!=");
+    if (op == std::string::npos) continue;
+    bool negated = term[op] == '!';
+    size_t valueAt = op + (negated || term.compare(op, 2, "==") == 0 ? 2 : 1);
+    std::string field = term.substr(0, op);
+    std::string actual = obj["metadata"].value(field == "metadata.name" ? "name" : "namespace", "");
+    if ((actual == term.substr(valueAt)) == negated) return false;
+  }
+  return true;
+}
+
 std::string keyOf(const json& obj) {
   return obj["metadata"].value("namespace", "") + "/" + obj["metadata"].value("name", "");
 }
@@ -178,6 +213,15 @@ ApiServer::ApiServer(ApiServerOptions options) : options_(std::move(options)) {
                {{"addressType", ""}, {"endpoints", nullptr}, {"ports", nullptr}}});
   addResource({"/api/v1", "endpoints", "Endpoints", json::object()});
   addResource({"/apis/coordination.k8s.io/v1", "leases", "Lease", {{"spec", json::object()}}});
+  addResource({"/api/v1", "nodes", "Node",
+               {{"spec", json::object()},
+                {"status", {{"daemonEndpoints", {{"kubeletEndpoint", {{"Port", 0}}}}},
+                            {"nodeInfo", {{"machineID", ""}, {"systemUUID", ""}, {"bootID", ""},
+                                          {"kernelVersion", ""}, {"osImage", ""},
+                                          {"containerRuntimeVersion", ""}, {"kubeletVersion", ""},
+                                          {"kubeProxyVersion", ""}, {"operatingSystem", ""},
+                                          {"architecture", ""}}}}}},
+               true});
   if (options_.tls) {
     auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
     ctx->use_certificate_chain(net::buffer(options_.certPem));
@@ -341,6 +385,7 @@ void ApiServer::serveStream(Stream& stream, const std::shared_ptr<Conn>& conn) {
       std::string rest = path.substr(r.prefix.size() + 1);
       std::string rns;
       if (rest.rfind("namespaces/", 0) == 0) {
+        if (r.clusterScoped) continue;
         size_t slash = rest.find('/', 11);
         if (slash == std::string::npos) continue;
         rns = rest.substr(11, slash - 11);
@@ -358,6 +403,16 @@ void ApiServer::serveStream(Stream& stream, const std::shared_ptr<Conn>& conn) {
       if (!req.keep_alive()) return;
       continue;
     }
+    if (options_.forbiddenResources.count(res->plural)) {
+      fail(403, "Forbidden",
+           res->plural + " is forbidden: User \"system:serviceaccount:kube-system:sluiced\" cannot " +
+               "list resource \"" + res->plural + "\" in API group \"" +
+               (res->prefix == "/api/v1" ? "" : res->prefix.substr(6, res->prefix.rfind('/') - 6)) +
+               "\" at the cluster scope",
+           {{"kind", res->plural}});
+      if (!req.keep_alive()) return;
+      continue;
+    }
     auto withKind = [res](json obj) {
       json out = {{"kind", res->kind},
                   {"apiVersion", res->prefix == "/api/v1" ? "v1" : res->prefix.substr(6)}};
@@ -369,9 +424,15 @@ void ApiServer::serveStream(Stream& stream, const std::shared_ptr<Conn>& conn) {
       return it == query.end() ? std::string() : it->second;
     };
     std::string selector = param("labelSelector");
+    std::string fieldSelector = param("fieldSelector");
+    if (auto bad = checkFieldSelector(fieldSelector, res->clusterScoped)) {
+      fail(400, "BadRequest", *bad);
+      if (!req.keep_alive()) return;
+      continue;
+    }
     auto visible = [&](const json& obj) {
       return (ns.empty() || obj["metadata"].value("namespace", "") == ns) &&
-             matchesSelector(obj, selector);
+             matchesSelector(obj, selector) && matchesFieldSelector(obj, fieldSelector);
     };
 
     if (req.method() == bhttp::verb::get && name.empty() &&
@@ -608,7 +669,8 @@ void ApiServer::serveStream(Stream& stream, const std::shared_ptr<Conn>& conn) {
       if (!body.is_object()) {
         fail(400, "BadRequest", "body is not a JSON object");
       } else {
-        body["metadata"]["namespace"] = ns.empty() ? body["metadata"].value("namespace", "default") : ns;
+        if (!res->clusterScoped)
+          body["metadata"]["namespace"] = ns.empty() ? body["metadata"].value("namespace", "default") : ns;
         // Check and create under one lock: two clients racing to create get one 201, one 409.
         std::unique_lock lock(mu_);
         if (store_[res->plural].count(keyOf(body)) > 0) {
@@ -644,7 +706,7 @@ void ApiServer::serveStream(Stream& stream, const std::shared_ptr<Conn>& conn) {
                  "\": the object has been modified; please apply your changes to the latest "
                  "version and try again");
       } else {
-        body["metadata"]["namespace"] = ns;
+        if (!res->clusterScoped) body["metadata"]["namespace"] = ns;
         body["metadata"]["name"] = name;
         json updated = withKind(updateLocked(res->plural, body));
         lock.unlock();
@@ -679,14 +741,22 @@ void ApiServer::serveStream(Stream& stream, const std::shared_ptr<Conn>& conn) {
   }
 }
 
-namespace {
-json stripped(json obj) {
+bool ApiServer::clusterScoped(const std::string& resource) const {
+  for (const auto& r : resources_)
+    if (r.plural == resource) return r.clusterScoped;
+  return false;
+}
+
+json ApiServer::stripped(const std::string& resource, json obj) const {
   obj.erase("kind");
   obj.erase("apiVersion");
-  if (!obj["metadata"].contains("namespace")) obj["metadata"]["namespace"] = "default";
+  if (clusterScoped(resource)) {
+    if (obj["metadata"].is_object()) obj["metadata"].erase("namespace");
+  } else if (!obj["metadata"].contains("namespace")) {
+    obj["metadata"]["namespace"] = "default";
+  }
   return obj;
 }
-}  // namespace
 
 json ApiServer::create(const std::string& resource, json object) {
   std::lock_guard lock(mu_);
@@ -694,7 +764,7 @@ json ApiServer::create(const std::string& resource, json object) {
 }
 
 json ApiServer::createLocked(const std::string& resource, json object) {
-  json obj = stripped(std::move(object));
+  json obj = stripped(resource, std::move(object));
   uint64_t rv = ++rv_;
   obj["metadata"]["resourceVersion"] = std::to_string(rv);
   obj["metadata"]["uid"] = "00000000-0000-0000-0000-" + std::to_string(1000000000000ull + rv);
@@ -711,7 +781,7 @@ json ApiServer::update(const std::string& resource, json object) {
 }
 
 json ApiServer::updateLocked(const std::string& resource, json object) {
-  json obj = stripped(std::move(object));
+  json obj = stripped(resource, std::move(object));
   auto& m = store_[resource];
   auto it = m.find(keyOf(obj));
   if (it == m.end()) return createLocked(resource, obj);

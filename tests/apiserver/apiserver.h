@@ -6,7 +6,8 @@
 // counter, LIST with limit/continue (tokens expire → 410), WATCH with synthetic ADDEDs for an
 // RV-less watch, exact replay from an RV, BOOKMARKs carrying the typed empty object,
 // timeoutSeconds, the 410 ERROR event once history is compacted, 504 for a future RV, the
-// label-selector syntax kube-proxy uses, bearer-token auth (401/403 Status bodies), and
+// label-selector syntax kube-proxy uses, the generic field selectors (metadata.name,
+// metadata.namespace), cluster-scoped Nodes, bearer-token auth (401/403 Status bodies), and
 // create/update (resourceVersion precondition → 409)/delete.
 //
 // Fault knobs: cut every watch in the middle of an event, split events across chunks, stall
@@ -41,6 +42,7 @@ struct ApiResource {
   std::string plural;    // "services"
   std::string kind;      // "Service"
   nlohmann::json empty;  // the zero-valued typed object a BOOKMARK carries (without metadata)
+  bool clusterScoped = false;  // Nodes: no namespace in paths, keys or objects
 };
 
 struct ApiServerOptions {
@@ -51,6 +53,8 @@ struct ApiServerOptions {
   // refused with 403.
   std::set<std::string> tokens;
   std::set<std::string> forbiddenTokens;
+  // Resources (plurals) every caller is refused with 403, as RBAC without a rule for them.
+  std::set<std::string> forbiddenResources;
   std::chrono::milliseconds bookmarkInterval{60000};
   std::chrono::milliseconds continueTtl{300000};
   // Which wording the 410 ERROR event uses: the watch cache's or etcd's.
@@ -85,7 +89,8 @@ class ApiServer {
   nlohmann::json create(const std::string& resource, nlohmann::json object);
   nlohmann::json update(const std::string& resource, nlohmann::json object);  // upsert
   void remove(const std::string& resource, const std::string& ns, const std::string& name);
-  // The stored object, or nullopt; every stored object of `resource`.
+  // The stored object, or nullopt; every stored object of `resource`. `ns` is "" for a
+  // cluster-scoped resource.
   std::optional<nlohmann::json> get(const std::string& resource, const std::string& ns,
                                     const std::string& name) const;
   std::vector<nlohmann::json> list(const std::string& resource) const;
@@ -125,6 +130,8 @@ class ApiServer {
   void listen();
   nlohmann::json createLocked(const std::string& resource, nlohmann::json object);
   nlohmann::json updateLocked(const std::string& resource, nlohmann::json object);
+  bool clusterScoped(const std::string& resource) const;
+  nlohmann::json stripped(const std::string& resource, nlohmann::json object) const;
 
   ApiServerOptions options_;
   std::vector<ApiResource> resources_;

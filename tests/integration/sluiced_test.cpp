@@ -10,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../unit/http_client.h"
+#include "apiserver.h"
 #include "sluice/healthcheck.h"
 #include "sluice/lease_http.h"
 #include "sluice/netns.h"
@@ -75,6 +77,19 @@ std::optional<testing::RawResponse> waitFor(const Netns& ns, uint16_t port, cons
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     if (auto r = getIn(ns, port, path)) return r;
+    std::this_thread::sleep_for(50ms);
+  }
+  return std::nullopt;
+}
+
+// Polls the /status of the sluiced in `ns` (127.0.0.1:10249) until `pred` holds, at most 10 s.
+std::optional<nlohmann::json> waitForStatus(const Netns& ns, const std::function<bool(const nlohmann::json&)>& pred) {
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (auto r = getIn(ns, 10249, "/status"); r && r->status == 200) {
+      auto j = nlohmann::json::parse(r->body);
+      if (pred(j)) return j;
+    }
     std::this_thread::sleep_for(50ms);
   }
   return std::nullopt;
@@ -261,17 +276,7 @@ TEST_CASE("sluiced: a file source's Service carries traffic; a manifest edit mov
   REQUIRE(daemon.pid() > 0);
   const IPAddress web = IPAddress::parse("198.19.0.10").value();
 
-  auto statusWhere = [&](auto pred) -> std::optional<nlohmann::json> {
-    const auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (auto r = getIn(t.node(), 10249, "/status"); r && r->status == 200) {
-        auto j = nlohmann::json::parse(r->body);
-        if (pred(j)) return j;
-      }
-      std::this_thread::sleep_for(50ms);
-    }
-    return std::nullopt;
-  };
+  auto statusWhere = [&](const auto& pred) { return waitForStatus(t.node(), pred); };
   auto programmed = statusWhere([](const nlohmann::json& j) {
     return j["families"].size() == 1 && j["families"][0]["endpoints"] == 2 && j["families"][0]["lastOk"] == true;
   });
@@ -401,5 +406,104 @@ TEST_CASE("sluiced: endpoints registered through the embedded lease API carry tr
   REQUIRE(::kill(daemon.pid(), SIGTERM) == 0);
   CHECK(daemon.wait(5s) == 0);
   registrants.clear();
+  servers.clear();
+}
+
+// The Kubernetes source end to end: Services from the test API server, and this node's Node
+// object deciding /healthz eligibility and the zone that topology hints are matched against.
+TEST_CASE("sluiced: the Node's zone re-plans topology hints (real traffic); its autoscaler taint turns /healthz 503") {
+  auto topo = Topology::create({2, false, false});
+  REQUIRE(topo);
+  Topology& t = **topo;
+  auto servers = startBackends(t, 2);
+  testing::ApiServer api;
+  api.create("services", {{"metadata", {{"namespace", "test"}, {"name", "web"}}},
+                          {"spec", {{"clusterIP", "198.19.0.10"}, {"clusterIPs", {"198.19.0.10"}},
+                                    {"trafficDistribution", "PreferClose"},
+                                    {"ports", {{{"name", "http"}, {"protocol", "TCP"}, {"port", 80}}}}}}});
+  nlohmann::json endpoints = nlohmann::json::array();
+  for (int i : {1, 2})
+    endpoints.push_back({{"addresses", {Topology::backendIP(i, IPFamily::kV4).toString()}},
+                         {"conditions", {{"ready", true}}},
+                         {"nodeName", "node-" + std::to_string(i)},
+                         {"hints", {{"forZones", {{{"name", i == 1 ? "zone-a" : "zone-b"}}}}}}});
+  api.create("endpointslices", {{"metadata", {{"namespace", "test"}, {"name", "web-1"},
+                                              {"labels", {{"kubernetes.io/service-name", "web"}}}}},
+                                {"addressType", "IPv4"},
+                                {"ports", {{{"name", "http"}, {"protocol", "TCP"}, {"port", 8080}}}},
+                                {"endpoints", endpoints}});
+  auto nodeIn = [](const std::string& zone, bool toBeDeleted) {
+    nlohmann::json taints = nlohmann::json::array();
+    if (toBeDeleted) taints.push_back({{"key", "ToBeDeletedByClusterAutoscaler"}, {"effect", "NoSchedule"}});
+    return nlohmann::json{{"metadata", {{"name", "node-1"}, {"labels", {{"topology.kubernetes.io/zone", zone}}}}},
+                          {"spec", {{"taints", taints}}}};
+  };
+  api.create("nodes", nodeIn("zone-a", false));
+  api.start();  // on 127.0.0.1 of this namespace: sluiced's API client runs here, its sockets in the node's
+
+  TempManifest unused("");
+  std::vector<std::string> args = nodeDaemonArgs(t, unused);
+  for (size_t i = 0; i + 1 < args.size(); ++i)
+    if (args[i] == "--source") args[i + 1] = "kubernetes";
+  for (const std::string& a : {std::string("--master"), api.url()}) args.push_back(a);
+  Child daemon(args);
+  REQUIRE(daemon.pid() > 0);
+  const IPAddress web = IPAddress::parse("198.19.0.10").value();
+
+  auto statusWhere = [&](const auto& pred) { return waitForStatus(t.node(), pred); };
+  auto inZone = [&](const std::string& zone) {
+    return statusWhere([&](const nlohmann::json& j) {
+      return j["nodeWatch"].is_object() && j["nodeWatch"]["zone"] == zone && j["families"][0]["endpoints"] == 2 &&
+             j["families"][0]["lastOk"] == true;
+    });
+  };
+  auto zoneA = inZone("zone-a");
+  REQUIRE(zoneA);
+  CHECK((*zoneA)["nodeWatch"]["present"] == true);
+  CHECK((*zoneA)["nodeWatch"]["eligible"] == true);
+  // The zone may have arrived after the first sync; traffic decides.
+  auto spreadWhen = [&](const std::string& backend) {
+    std::map<std::string, int> got;
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      got = spread(t.client(), Protocol::kTCP, web, 80, 12);
+      if (got[backend] == 12) break;
+      std::this_thread::sleep_for(100ms);
+    }
+    return got;
+  };
+  CHECK(spreadWhen("backend-1")["backend-1"] == 12);
+
+  // The Node moves to zone-b: both planes are rebuilt and the hints now pick backend 2.
+  const uint64_t syncsBefore = (*zoneA)["families"][0]["syncs"].get<uint64_t>();
+  api.update("nodes", nodeIn("zone-b", false));
+  auto zoneB = inZone("zone-b");
+  REQUIRE(zoneB);
+  auto resynced = statusWhere([&](const nlohmann::json& j) {
+    return j["families"][0]["syncs"].get<uint64_t>() > syncsBefore && j["families"][0]["lastFull"] == true &&
+           j["families"][0]["lastOk"] == true;
+  });
+  CHECK(resynced);
+  auto after = spread(t.client(), Protocol::kTCP, web, 80, 12);
+  CHECK(after["backend-2"] == 12);
+
+  // The cluster autoscaler marks the node: /healthz 503, /livez 200; unmarked: 200 again.
+  api.update("nodes", nodeIn("zone-b", true));
+  auto healthzBecomes = [&](int code) {
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (auto r = getIn(t.node(), 10256, "/healthz"); r && r->status == code) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  };
+  CHECK(healthzBecomes(503));
+  CHECK(getIn(t.node(), 10256, "/livez")->status == 200);
+  CHECK(nlohmann::json::parse(getIn(t.node(), 10256, "/healthz")->body)["nodeEligible"] == false);
+  api.update("nodes", nodeIn("zone-b", false));
+  CHECK(healthzBecomes(200));
+
+  REQUIRE(::kill(daemon.pid(), SIGTERM) == 0);
+  CHECK(daemon.wait(5s) == 0);
   servers.clear();
 }

@@ -570,3 +570,105 @@ TEST_CASE("kube decode: legacy Endpoints become one slice per subset and family"
     CHECK(d.error->field == "subsets[0].addresses[0].ip");
   }
 }
+
+// --- Node -------------------------------------------------------------------------------------
+
+namespace {
+
+// A Node as `kubectl get node -o json` prints it (trimmed), with fields sluice does not read.
+json nodeObject() {
+  return json::parse(R"({
+    "kind": "Node", "apiVersion": "v1",
+    "metadata": {
+      "name": "node-1", "uid": "3f0c1a52-1111-4e0e-9c37-5f1f3c2d9a10", "resourceVersion": "48213",
+      "creationTimestamp": "2026-11-20T08:00:00Z",
+      "labels": {"kubernetes.io/hostname": "node-1", "kubernetes.io/os": "linux",
+                 "topology.kubernetes.io/region": "eu-west-1",
+                 "topology.kubernetes.io/zone": "eu-west-1a",
+                 "failure-domain.beta.kubernetes.io/zone": "old-zone"},
+      "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+      "managedFields": [{"manager": "kubelet", "operation": "Update", "fieldsType": "FieldsV1"}]
+    },
+    "spec": {"podCIDR": "198.18.64.0/24", "podCIDRs": ["198.18.64.0/24", "fd00:64::/64"],
+             "providerID": "aws:///eu-west-1a/i-0abc",
+             "taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule",
+                         "timeAdded": "2026-11-25T10:00:00Z"}],
+             "someFutureField": {"x": 1}},
+    "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.11"}],
+               "nodeInfo": {"kubeletVersion": "v1.34.1"}}
+  })");
+}
+
+Problem nodeError(const json& obj) {
+  auto d = decodeNode(obj);
+  REQUIRE_FALSE(d);
+  REQUIRE(d.error);
+  return *d.error;
+}
+
+}  // namespace
+
+TEST_CASE("decode Node: zone label, eligibility, unknown fields ignored") {
+  auto d = decodeNode(nodeObject());
+  REQUIRE(d);
+  const NodeInfo& n = *d.value;
+  CHECK(n.name == "node-1");
+  CHECK(n.present);
+  CHECK(n.zone == "eu-west-1a");  // the GA label, not the beta one
+  CHECK(n.labels.at("kubernetes.io/os") == "linux");
+  CHECK_FALSE(n.deletionPending);
+  CHECK_FALSE(n.toBeDeleted);  // another taint does not count
+  CHECK(n.eligible());
+
+  json tainted = nodeObject();
+  tainted["spec"]["taints"].push_back({{"key", "ToBeDeletedByClusterAutoscaler"}, {"value", "1764064800"},
+                                       {"effect", "NoSchedule"}});
+  d = decodeNode(tainted);
+  REQUIRE(d);
+  CHECK(d.value->toBeDeleted);
+  CHECK_FALSE(d.value->eligible());
+
+  json deleting = nodeObject();
+  deleting["metadata"]["deletionTimestamp"] = "2026-11-25T12:00:00Z";
+  d = decodeNode(deleting);
+  REQUIRE(d);
+  CHECK(d.value->deletionPending);
+  CHECK_FALSE(d.value->eligible());
+
+  // null is an absent field, as Go reads it; no labels means no zone.
+  json bare = {{"metadata", {{"name", "node-2"}, {"labels", nullptr}, {"deletionTimestamp", nullptr}}},
+               {"spec", {{"taints", nullptr}}}};
+  d = decodeNode(bare);
+  REQUIRE(d);
+  CHECK(d.value->zone.empty());
+  CHECK(d.value->eligible());
+  // A Node has no namespace: none is made up for it.
+  CHECK(nodeError({{"metadata", {{"name", 7}}}}).object == "Node <unnamed>");
+}
+
+TEST_CASE("decode Node: a bad field is a problem naming the Node and the field") {
+  auto expect = [](json obj, const std::string& field) {
+    Problem p = nodeError(obj);
+    CHECK(p.object == "Node node-1");
+    CHECK(p.field == field);
+    CHECK_FALSE(p.reason.empty());
+  };
+  json n = nodeObject();
+  n["spec"]["taints"] = "ToBeDeletedByClusterAutoscaler";
+  expect(n, "spec.taints");
+  n = nodeObject();
+  n["spec"]["taints"].push_back({{"key", 5}});
+  expect(n, "spec.taints[1].key");
+  n = nodeObject();
+  n["spec"]["taints"].push_back("NoSchedule");
+  expect(n, "spec.taints[1]");
+  n = nodeObject();
+  n["metadata"]["labels"]["topology.kubernetes.io/zone"] = 1;
+  expect(n, "metadata.labels.topology.kubernetes.io/zone");
+  n = nodeObject();
+  n["metadata"]["deletionTimestamp"] = true;
+  expect(n, "metadata.deletionTimestamp");
+  n = nodeObject();
+  n["spec"] = json::array();
+  expect(n, "spec");
+}
