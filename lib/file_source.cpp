@@ -9,8 +9,10 @@
 #include <unistd.h>
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
+#include <openssl/evp.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <charconv>
 #include <filesystem>
@@ -228,19 +230,9 @@ Status syntaxError(const std::string& file, std::string what) {
   return Status(Code::kInvalidArgument, fmt::format("{}: {}", file, what));
 }
 
-// Splits the file into documents (JSON values or YAML documents).
-Result<std::vector<json>> parseDocuments(std::string_view text, const std::string& fileName) {
+// Splits a YAML file (or a JSON stream of several objects) into documents.
+Result<std::vector<json>> parseYamlDocuments(std::string_view text, const std::string& fileName) {
   std::vector<json> docs;
-  if (endsWith(fileName, ".json")) {
-    // The common case, one JSON document, goes through nlohmann (exact numbers). kubectl also
-    // takes a stream of several JSON objects; JSON is YAML, so such a file falls through to
-    // the YAML reader, which then also reports any syntax error with its line and column.
-    json doc = json::parse(text.begin(), text.end(), nullptr, false);
-    if (!doc.is_discarded()) {
-      docs.push_back(std::move(doc));
-      return docs;
-    }
-  }
   std::istringstream in{std::string(text)};
   JsonBuilder builder;
   try {
@@ -292,6 +284,24 @@ std::string kindOf(const json& obj) {
   return it != obj.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
+// kind: List, or a typed list (ServiceList) whose items carry no kind of their own.
+bool isListKind(const std::string& kind) { return endsWith(kind, "List"); }
+std::string listItemKind(const std::string& listKind) {
+  return listKind == "List" ? "" : listKind.substr(0, listKind.size() - 4);
+}
+
+// Item j of document i's `items`; its own kind wins over the list's.
+Status addListItem(const json& item, const std::string& itemKind, size_t i, size_t j, const std::string& fileName,
+                   ManifestSet& set) {
+  std::string at = fmt::format("document {} items[{}]", i, j);
+  if (!item.is_object()) return syntaxError(fileName, at + ": not a mapping");
+  std::string k = kindOf(item);
+  if (k.empty()) k = itemKind;
+  if (k.empty()) return syntaxError(fileName, at + ": no kind");
+  addObject(item, k, fmt::format("{} {}", fileName, at), set);
+  return Status::ok();
+}
+
 // Later definitions of the same object replace earlier ones, as a second `kubectl apply`
 // would; the duplicate is reported so the user notices.
 void dropDuplicates(ManifestSet& set) {
@@ -311,61 +321,175 @@ void dropDuplicates(ManifestSet& set) {
   dedupe(set.slices, "EndpointSlice");
 }
 
+// One document: a single object, or a List whose items are objects.
+Status addDocument(const json& doc, size_t i, const std::string& fileName, ManifestSet& set) {
+  if (doc.is_null()) return Status::ok();  // empty document ("---" at the end)
+  if (!doc.is_object()) return syntaxError(fileName, fmt::format("document {}: not a mapping", i));
+  std::string kind = kindOf(doc);
+  if (kind.empty()) return syntaxError(fileName, fmt::format("document {}: no kind", i));
+  if (!isListKind(kind)) {
+    addObject(doc, kind, fmt::format("{} document {}", fileName, i), set);
+    return Status::ok();
+  }
+  auto items = doc.find("items");
+  if (items == doc.end() || items->is_null()) return Status::ok();
+  if (!items->is_array()) return syntaxError(fileName, fmt::format("document {}: items: not a list", i));
+  for (size_t j = 0; j < items->size(); ++j)
+    if (Status st = addListItem((*items)[j], listItemKind(kind), i, j, fileName, set); !st) return st;
+  return Status::ok();
+}
+
+// A JSON file of one document, decoded while it is parsed: each item of a top-level `items`
+// array is decoded as soon as its closing brace is read and then dropped from the DOM, so a
+// 10 000-Service List never exists as one JSON tree (it would be ~150 MB; one item is ~1 KB).
+// Only the shape kubectl writes takes this path; anything unusual — an item that is not an
+// object, a kindless item before the List's own kind was read, a repeated "items" or "kind"
+// key, a top-level kind that turns out not to be a List — makes the caller parse the whole
+// DOM as before (nullopt), so results and errors are those of addDocument().
+class JsonListStream {
+ public:
+  JsonListStream(const std::string& fileName, ManifestSet& set) : fileName_(fileName), set_(set) {}
+
+  // nullopt: not decodable item by item (or not JSON at all); the caller falls back.
+  std::optional<Status> run(std::string_view text) {
+    json rest = json::parse(
+        text.begin(), text.end(),
+        [this](int depth, json::parse_event_t event, json& parsed) { return onEvent(depth, event, parsed); },
+        false);
+    if (rest.is_discarded() || !streaming_) return std::nullopt;
+    if (!items_) return addDocument(rest, 0, fileName_, set_);  // no items array: as usual
+    if (!isListKind(kindOf(rest))) return std::nullopt;  // "items" of something that is no List
+    if (!error_.isOk()) return error_;
+    return addDocument(rest, 0, fileName_, set_);  // its items are gone: checks kind and the rest
+  }
+
+ private:
+  bool onEvent(int depth, json::parse_event_t event, json& parsed) {
+    using E = json::parse_event_t;
+    if (!streaming_) return true;
+    if (depth == 0) {
+      if (event != E::object_start && event != E::object_end) streaming_ = false;  // not a mapping
+    } else if (depth == 1) {
+      if (event == E::key) {
+        key_ = parsed.get<std::string>();
+        if ((key_ == "items" && sawItems_) || (key_ == "kind" && sawKind_)) streaming_ = false;
+        sawItems_ |= key_ == "items";
+      } else if (event == E::value && key_ == "kind") {
+        sawKind_ = true;
+        if (parsed.is_string()) kind_ = parsed.get<std::string>();
+      } else if (event == E::array_start && key_ == "items") {
+        inItems_ = items_ = true;
+      } else if (event == E::array_end) {
+        inItems_ = false;
+      }
+    } else if (depth == 2 && inItems_) {
+      if (event == E::object_end) return takeItem(parsed);
+      if (event == E::value || event == E::array_end) streaming_ = false;  // an item that is no object
+    }
+    return true;
+  }
+
+  // Decodes one item and drops it from the DOM (false). The first error stops decoding; it is
+  // returned only if the whole text turns out to be valid JSON (a JSON syntax error wins).
+  bool takeItem(const json& item) {
+    const size_t j = next_++;
+    if (!error_.isOk()) return false;
+    if ((kindOf(item).empty() && !sawKind_) || (sawKind_ && !isListKind(kind_))) {
+      streaming_ = false;  // a typed list's item before the List's kind, or no List at all
+      return true;
+    }
+    error_ = addListItem(item, listItemKind(kind_), 0, j, fileName_, set_);
+    return false;
+  }
+
+  const std::string& fileName_;
+  ManifestSet& set_;
+  bool streaming_ = true;
+  std::string key_;   // the last key of the top-level object
+  std::string kind_;  // its "kind", once read
+  bool sawKind_ = false;
+  bool sawItems_ = false;
+  bool items_ = false;    // an "items" array was opened
+  bool inItems_ = false;  // and is being read
+  size_t next_ = 0;
+  Status error_ = Status::ok();
+};
+
 }  // namespace
 
 Result<ManifestSet> parseManifests(std::string_view text, const std::string& fileName) {
-  auto docs = parseDocuments(text, fileName);
-  if (!docs) return docs.status();
   ManifestSet set;
-  for (size_t i = 0; i < docs->size(); ++i) {
-    const json& doc = (*docs)[i];
-    if (doc.is_null()) continue;  // empty document ("---" at the end)
-    std::string where = fmt::format("{} document {}", fileName, i);
-    if (!doc.is_object()) return syntaxError(fileName, fmt::format("document {}: not a mapping", i));
-    std::string kind = kindOf(doc);
-    if (kind.empty()) return syntaxError(fileName, fmt::format("document {}: no kind", i));
-    if (!endsWith(kind, "List")) {
-      addObject(doc, kind, where, set);
-      continue;
+  std::vector<json> docs;
+  if (endsWith(fileName, ".json")) {
+    // The common case, one JSON document, goes through nlohmann (exact numbers), item by item.
+    if (auto st = JsonListStream(fileName, set).run(text)) {
+      if (!*st) return *st;
+      dropDuplicates(set);
+      return set;
     }
-    // kind: List, or a typed list (ServiceList) whose items carry no kind of their own.
-    std::string itemKind = kind == "List" ? "" : kind.substr(0, kind.size() - 4);
-    auto items = doc.find("items");
-    if (items == doc.end() || items->is_null()) continue;
-    if (!items->is_array()) return syntaxError(fileName, fmt::format("document {}: items: not a list", i));
-    for (size_t j = 0; j < items->size(); ++j) {
-      const json& item = (*items)[j];
-      std::string at = fmt::format("document {} items[{}]", i, j);
-      if (!item.is_object()) return syntaxError(fileName, at + ": not a mapping");
-      std::string k = kindOf(item);
-      if (k.empty()) k = itemKind;
-      if (k.empty()) return syntaxError(fileName, at + ": no kind");
-      addObject(item, k, fmt::format("{} {}", fileName, at), set);
-    }
+    set = ManifestSet{};
+    json doc = json::parse(text.begin(), text.end(), nullptr, false);
+    if (!doc.is_discarded()) docs.push_back(std::move(doc));
   }
+  // kubectl also takes a stream of several JSON objects; JSON is YAML, so such a file falls
+  // through to the YAML reader, which then also reports any syntax error with its line and
+  // column.
+  if (docs.empty()) {
+    auto parsed = parseYamlDocuments(text, fileName);
+    if (!parsed) return parsed.status();
+    docs = std::move(parsed).value();
+  }
+  for (size_t i = 0; i < docs.size(); ++i)
+    if (Status st = addDocument(docs[i], i, fileName, set); !st) return st;
   dropDuplicates(set);
   return set;
 }
 
-Result<ManifestSet> loadManifests(const std::string& path) {
+namespace {
+
+struct ManifestFile {
+  std::string name;
+  std::string text;
+};
+using Digest = std::array<unsigned char, 32>;
+
+Result<std::string> readWhole(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return Status::fromErrno(errno, fmt::format("cannot read {}", file.string()));
+  std::string text;
   std::error_code ec;
-  std::vector<fs::path> files;
+  if (auto size = fs::file_size(file, ec); !ec) text.reserve(size);
+  char buf[16 * 1024];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) text.append(buf, size_t(in.gcount()));
+  return text;
+}
+
+// The file, or every *.yaml/*.yml/*.json file of the directory in name order, read whole.
+Result<std::vector<ManifestFile>> readManifestFiles(const std::string& path) {
+  std::error_code ec;
+  std::vector<fs::path> names;
   if (fs::is_directory(path, ec)) {
     for (const auto& entry : fs::directory_iterator(path, ec))
       if (entry.is_regular_file(ec) && isManifestName(entry.path().filename().string()))
-        files.push_back(entry.path());
+        names.push_back(entry.path());
     if (ec) return Status(Code::kUnavailable, fmt::format("{}: {}", path, ec.message()));
-    std::sort(files.begin(), files.end());
+    std::sort(names.begin(), names.end());
   } else {
-    files.push_back(path);
+    names.push_back(path);
   }
+  std::vector<ManifestFile> files;
+  for (const auto& name : names) {
+    auto text = readWhole(name);
+    if (!text) return text.status();
+    files.push_back({name.string(), std::move(text).value()});
+  }
+  return files;
+}
+
+Result<ManifestSet> parseManifestFiles(const std::vector<ManifestFile>& files) {
   ManifestSet all;
   for (const auto& f : files) {
-    std::ifstream in(f, std::ios::binary);
-    if (!in) return Status::fromErrno(errno, fmt::format("cannot read {}", f.string()));
-    std::ostringstream text;
-    text << in.rdbuf();
-    auto set = parseManifests(text.str(), f.string());
+    auto set = parseManifests(f.text, f.name);
     if (!set) return set.status();
     for (auto& s : set->services) all.services.push_back(std::move(s));
     for (auto& s : set->slices) all.slices.push_back(std::move(s));
@@ -373,6 +497,29 @@ Result<ManifestSet> loadManifests(const std::string& path) {
   }
   dropDuplicates(all);
   return all;
+}
+
+// SHA-256 over every file's name, length and bytes: equal digests, equal manifests.
+Digest digestOf(const std::vector<ManifestFile>& files) {
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  for (const auto& f : files) {
+    const uint64_t sizes[2] = {f.name.size(), f.text.size()};
+    EVP_DigestUpdate(ctx.get(), sizes, sizeof sizes);
+    EVP_DigestUpdate(ctx.get(), f.name.data(), f.name.size());
+    EVP_DigestUpdate(ctx.get(), f.text.data(), f.text.size());
+  }
+  Digest d{};
+  EVP_DigestFinal_ex(ctx.get(), d.data(), nullptr);
+  return d;
+}
+
+}  // namespace
+
+Result<ManifestSet> loadManifests(const std::string& path) {
+  auto files = readManifestFiles(path);
+  if (!files) return files.status();
+  return parseManifestFiles(*files);
 }
 
 // --- FileSource -------------------------------------------------------------------------------
@@ -386,9 +533,10 @@ struct FileSource::Impl {
   std::mutex mu;  // start/stop
   bool running = false;
 
-  // What was last delivered, to skip reloads that change nothing.
-  std::vector<Service> services;
-  std::vector<EndpointSlice> slices;
+  // What was last delivered, as a digest of the files it was read from: a reload of the same
+  // bytes delivers nothing. Not a copy of the objects: at 10 000 Services that copy cost as
+  // much memory as the store's own (about 22 MB).
+  std::optional<Digest> delivered;
   std::set<std::string> problemObjects;
   std::string lastSyntaxError;
 
@@ -411,20 +559,17 @@ struct FileSource::Impl {
   std::string sourceName() const { return "file:" + options.path; }
 
   Status reload() {
-    auto set = loadManifests(options.path);
-    if (!set) {
-      // Keep the last good state of everything; say what is wrong once per distinct error.
-      if (set.status().message() != lastSyntaxError) {
-        lastSyntaxError = set.status().message();
-        spdlog::warn("{}: {}; keeping the last good state", sourceName(), lastSyntaxError);
-        sink->problem({sourceName(), "", lastSyntaxError});
-      }
-      return set.status();
+    auto files = readManifestFiles(options.path);
+    if (!files) return rejected(files.status());
+    const Digest digest = digestOf(*files);
+    if (digest == delivered) {  // e.g. touched, or back to the last good state after an error
+      syntaxErrorGone();
+      return Status::ok();
     }
-    if (!lastSyntaxError.empty()) {
-      lastSyntaxError.clear();
-      sink->problemCleared(sourceName());
-    }
+    auto set = parseManifestFiles(*files);
+    files->clear();  // the texts are not needed any more
+    if (!set) return rejected(set.status());
+    syntaxErrorGone();
     std::set<std::string> nowBad;
     for (auto& p : set->problems) {
       nowBad.insert(p.object);
@@ -434,15 +579,28 @@ struct FileSource::Impl {
     for (const auto& o : problemObjects)
       if (!nowBad.count(o)) sink->problemCleared(o);
     problemObjects = std::move(nowBad);
-    if (set->services != services) {
-      services = set->services;
-      sink->replaceServices(std::move(set->services));
-    }
-    if (set->slices != slices) {
-      slices = set->slices;
-      sink->replaceSlices(std::move(set->slices));
-    }
+    // Both kinds go out even if only one changed; the store finds the unchanged objects equal
+    // and does not mark them dirty.
+    delivered = digest;
+    sink->replaceServices(std::move(set->services));
+    sink->replaceSlices(std::move(set->slices));
     return Status::ok();
+  }
+
+  // Keep the last good state of everything; say what is wrong once per distinct error.
+  Status rejected(Status st) {
+    if (st.message() != lastSyntaxError) {
+      lastSyntaxError = st.message();
+      spdlog::warn("{}: {}; keeping the last good state", sourceName(), lastSyntaxError);
+      sink->problem({sourceName(), "", lastSyntaxError});
+    }
+    return st;
+  }
+
+  void syntaxErrorGone() {
+    if (lastSyntaxError.empty()) return;
+    lastSyntaxError.clear();
+    sink->problemCleared(sourceName());
   }
 
   void run() {

@@ -95,6 +95,11 @@ const std::map<ObjectName, EndpointSlice>& Snapshot::slicesFor(const ObjectName&
   return it == slices_.end() ? kNone : it->second;
 }
 
+const ObjectName* Snapshot::sliceService(const ObjectName& sliceId) const {
+  auto it = sliceOwner_.find(sliceId);
+  return it == sliceOwner_.end() ? nullptr : &it->second;
+}
+
 std::set<ObjectName> Snapshot::takeDirty() { return std::exchange(dirty_, {}); }
 
 size_t Snapshot::sliceCount() const { return sliceOwner_.size(); }

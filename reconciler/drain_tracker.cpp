@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 namespace sluice {
@@ -9,6 +11,18 @@ namespace sluice {
 namespace {
 
 using EndpointAddr = std::pair<IPAddress, uint16_t>;
+
+template <class T>
+void sortUnique(std::vector<T>& v) {
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+  v.shrink_to_fit();
+}
+
+template <class T>
+bool contains(const std::vector<T>& sorted, const T& x) {
+  return std::binary_search(sorted.begin(), sorted.end(), x);
+}
 
 bool frontendMatches(const std::set<Frontend>& frontends, const conntrack::Flow& f) {
   for (const auto& fe : frontends) {
@@ -75,12 +89,15 @@ void DrainTracker::afterCommit(const CommitInfo& info) {
       for (size_t i = 0; i < svc->ports.size(); ++i) {
         const ServicePort& sp = svc->ports[i];
         PortView v;
-        v.frontends = serviceFrontends(*svc, sp, family);
+        auto frontends = serviceFrontends(*svc, sp, family);
+        v.frontends.assign(frontends.begin(), frontends.end());
         if (frag != frags.end())
           for (const auto& ch : frag->second.chains)
-            if (ch.port == int(i)) v.programmed.insert(ch.slots.begin(), ch.slots.end());
+            if (ch.port == int(i)) v.programmed.insert(v.programmed.end(), ch.slots.begin(), ch.slots.end());
+        sortUnique(v.programmed);
         for (const auto& e : resolveEndpoints(*svc, sp, slices, info.planner.config(), nullptr))
-          if (e.serving) v.serving.insert({e.ip, e.port});
+          if (e.serving) v.serving.push_back({e.ip, e.port});
+        sortUnique(v.serving);
         next[{id, sp.name, sp.protocol}] = std::move(v);
       }
     }
@@ -95,19 +112,19 @@ void DrainTracker::afterCommit(const CommitInfo& info) {
       auto newIt = next.find(ref);
       const PortView& before = oldIt == views_.end() ? kEmpty : oldIt->second;
       const PortView& after = newIt == next.end() ? kEmpty : newIt->second;
-      std::set<Frontend> frontends = before.frontends;
+      std::set<Frontend> frontends(before.frontends.begin(), before.frontends.end());
       frontends.insert(after.frontends.begin(), after.frontends.end());
 
       if (ref.protocol == Protocol::kUDP) {
         bool changed = info.full || oldIt == views_.end() || newIt == next.end() ||
                        before.programmed != after.programmed || before.serving != after.serving;
         if (options_.udpCleanup && changed && !frontends.empty())
-          pendingUdp_.push_back({Protocol::kUDP, frontends, after.serving, std::nullopt});
+          pendingUdp_.push_back({Protocol::kUDP, frontends, {after.serving.begin(), after.serving.end()}, std::nullopt});
         continue;
       }
       // Endpoints that stopped receiving new connections.
       for (const auto& ep : before.programmed) {
-        if (after.programmed.count(ep)) continue;
+        if (contains(after.programmed, ep)) continue;
         EndpointKey key{ref, ep.first, ep.second};
         if (!options_.enabled) {
           pendingFlows_.push_back({ref.protocol, frontends, {}, ep});
@@ -133,18 +150,21 @@ void DrainTracker::afterCommit(const CommitInfo& info) {
           continue;
         }
         EndpointAddr ep{it->first.ip, it->first.port};
-        if (after.programmed.count(ep)) {
+        if (contains(after.programmed, ep)) {
           spdlog::info("{} is back in service; drain cancelled", endpointName(ref, ep));
           ++stats_.returned;
           it = records_.erase(it);
           continue;
         }
-        it->second.serving = after.serving.count(ep) > 0;
+        it->second.serving = contains(after.serving, ep);
         ++it;
       }
     }
     for (const auto& ref : refs) views_.erase(ref);
-    for (auto& [ref, v] : next) views_[ref] = std::move(v);
+    for (auto& [ref, v] : next) {
+      if (ref.protocol != Protocol::kUDP) v.serving = {};  // see PortView
+      views_[ref] = std::move(v);
+    }
   }
   kick_ = true;
   cv_.notify_all();

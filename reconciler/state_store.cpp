@@ -61,7 +61,7 @@ class StateStore::SourceSink : public StateSink {
   }
 
   StateStore& store_;
-  std::string name_;
+  const std::string name_;  // its address is the owner of what this source delivers
 };
 
 StateStore::StateStore() = default;
@@ -106,19 +106,19 @@ std::map<std::string, std::vector<Problem>> StateStore::problems() const {
 std::string StateStore::serviceOwner(const ObjectName& id) const {
   std::lock_guard lock(mu_);
   auto it = serviceOwner_.find(id);
-  return it == serviceOwner_.end() ? "" : it->second;
+  return it == serviceOwner_.end() ? "" : *it->second;
 }
 
 std::string StateStore::sliceOwner(const ObjectName& id) const {
   std::lock_guard lock(mu_);
   auto it = sliceOwner_.find(id);
-  return it == sliceOwner_.end() ? "" : it->second;
+  return it == sliceOwner_.end() ? "" : *it->second;
 }
 
 // An identical re-delivery (every relist re-sends everything) is not a change: it would only
 // make the planner re-plan Services that did not change.
 bool StateStore::upsertService(const std::string& src, Service svc) {
-  serviceOwner_[svc.id] = src;
+  serviceOwner_[svc.id] = &src;
   const Service* old = snapshot_.service(svc.id);
   if (old && *old == svc) return false;
   snapshot_.upsertService(std::move(svc));
@@ -128,31 +128,29 @@ bool StateStore::upsertService(const std::string& src, Service svc) {
 // A source removes only what it delivered: another source's object of the same name stays.
 bool StateStore::removeService(const std::string& src, const ObjectName& id) {
   auto it = serviceOwner_.find(id);
-  if (it == serviceOwner_.end() || it->second != src) return false;
+  if (it == serviceOwner_.end() || *it->second != src) return false;
   serviceOwner_.erase(it);
   snapshot_.removeService(id);
   return true;
 }
 
 bool StateStore::upsertSlice(const std::string& src, EndpointSlice slice) {
-  sliceOwner_[slice.id] = src;
+  sliceOwner_[slice.id] = &src;
   ObjectName svc{slice.id.ns, slice.serviceName};
-  auto filed = sliceService_.find(slice.id);
-  if (filed != sliceService_.end() && filed->second == svc) {
+  const ObjectName* filed = snapshot_.sliceService(slice.id);
+  if (filed && *filed == svc) {
     const auto& current = snapshot_.slicesFor(svc);
     auto it = current.find(slice.id);
     if (it != current.end() && it->second == slice) return false;
   }
-  sliceService_[slice.id] = svc;
   snapshot_.upsertSlice(std::move(slice));
   return true;
 }
 
 bool StateStore::removeSlice(const std::string& src, const ObjectName& id) {
   auto it = sliceOwner_.find(id);
-  if (it == sliceOwner_.end() || it->second != src) return false;
+  if (it == sliceOwner_.end() || *it->second != src) return false;
   sliceOwner_.erase(it);
-  sliceService_.erase(id);
   snapshot_.removeSlice(id);
   return true;
 }
@@ -161,13 +159,13 @@ namespace {
 
 // replace*() of one source: remove what it owns and no longer lists, then upsert the rest.
 template <class T, class Remove, class Upsert>
-bool replaceOwned(const std::string& src, std::vector<T> all, const std::map<ObjectName, std::string>& owners,
+bool replaceOwned(const std::string& src, std::vector<T> all, const std::map<ObjectName, const std::string*>& owners,
                   Remove&& remove, Upsert&& upsert) {
   std::set<ObjectName> keep;
   for (const auto& x : all) keep.insert(x.id);
   std::vector<ObjectName> gone;
   for (const auto& [id, owner] : owners)
-    if (owner == src && !keep.count(id)) gone.push_back(id);
+    if (*owner == src && !keep.count(id)) gone.push_back(id);
   bool did = false;
   for (const auto& id : gone) did |= remove(id);
   for (auto& x : all) did |= upsert(std::move(x));

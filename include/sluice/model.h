@@ -120,6 +120,8 @@ class Snapshot {
   const Service* service(const ObjectName& id) const;
   // Slices of a Service, keyed by slice name; empty map if none.
   const std::map<ObjectName, EndpointSlice>& slicesFor(const ObjectName& service) const;
+  // The Service a slice is filed under; nullptr if there is no such slice.
+  const ObjectName* sliceService(const ObjectName& sliceId) const;
 
   std::set<ObjectName> takeDirty();
   const std::set<ObjectName>& dirty() const { return dirty_; }

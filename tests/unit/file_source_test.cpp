@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
@@ -306,6 +307,79 @@ TEST_CASE("file source: lists and JSON") {
   }
 }
 
+// A JSON List is decoded item by item while it is parsed (lib/file_source.cpp, JsonListStream),
+// or, for shapes that path does not take, as one document. The YAML reader always builds the
+// whole document first, so reading the same text as YAML must give the same values, problems
+// and errors.
+TEST_CASE("file source: a JSON List decoded item by item gives what the whole document gives") {
+  const std::string svcA = R"({"kind":"Service","metadata":{"name":"a"},"spec":{"clusterIP":"198.18.0.1","ports":[{"port":80}]}})";
+  const std::string svcA2 = R"({"kind":"Service","metadata":{"name":"a"},"spec":{"clusterIP":"198.18.0.1","ports":[{"port":81}]}})";
+  const std::string bad = R"({"kind":"Service","metadata":{"name":"bad"},"spec":{"type":"Weird"}})";
+  const std::string slice = R"({"kind":"EndpointSlice","metadata":{"name":"a-1","labels":{"kubernetes.io/service-name":"a"}},
+    "addressType":"IPv4","ports":[{"port":8080}],"endpoints":[{"addresses":["198.18.1.1"],"nodeName":"n1"},
+    {"addresses":["198.18.1.2"],"conditions":{"ready":false}}]})";
+  const std::string fqdn = R"({"kind":"EndpointSlice","metadata":{"name":"f","labels":{"kubernetes.io/service-name":"a"}},
+    "addressType":"FQDN","endpoints":[{"addresses":["example.com"]}]})";
+  const std::string kindless = R"({"metadata":{"name":"k"},"spec":{"clusterIP":"198.18.0.9","ports":[{"port":90}]}})";
+  const std::vector<std::string> texts = {
+      // kind first (what bench/daemon_bench.py writes), mixed items, a rejected one, a duplicate
+      R"({"kind":"List","items":[)" + svcA + "," + R"({"kind":"ConfigMap","metadata":{"name":"c"}})" + "," + bad + "," +
+          slice + "," + fqdn + "," + svcA2 + "]}",
+      // kubectl's order: items before kind
+      R"({"apiVersion":"v1","items":[)" + slice + "," + svcA + R"(],"kind":"List","metadata":{}})",
+      // typed lists: kindless items, with the List's kind read before and after them
+      R"({"kind":"ServiceList","items":[)" + kindless + "," + svcA + "]}",
+      R"({"items":[)" + kindless + "," + svcA + R"(],"kind":"ServiceList"})",
+      // errors: a kindless item of a plain List, an item that is no mapping, no kind at all
+      R"({"kind":"List","items":[)" + svcA + "," + kindless + "]}",
+      R"({"items":[)" + svcA + "," + kindless + R"(],"kind":"List"})",
+      R"({"kind":"List","items":[)" + svcA + R"(,5,)" + slice + "]}",
+      R"({"items":[)" + svcA + "]}",
+      // "items" of something that is no List; repeated keys (the last wins, as in the YAML reader)
+      R"({"kind":"Thing","items":[)" + svcA + "]}",
+      R"({"kind":"List","items":[)" + svcA + R"(],"items":[)" + slice + "]}",
+      R"({"kind":"Thing","items":[)" + svcA + R"(],"kind":"List"})",
+      // empty and null items, a single object
+      R"({"kind":"List","items":[]})",
+      R"({"kind":"List","items":null})",
+      svcA,
+  };
+  auto normalized = [](std::string s) {
+    for (size_t at; (at = s.find("m.yaml")) != std::string::npos;) s.replace(at, 6, "m.json");
+    return s;
+  };
+  for (const auto& text : texts) {
+    CAPTURE(text);
+    auto streamed = parseManifests(text, "m.json");
+    auto whole = parseManifests(text, "m.yaml");
+    REQUIRE(streamed.isOk() == whole.isOk());
+    if (!whole) {
+      CHECK(streamed.status().message() == normalized(whole.status().message()));
+      continue;
+    }
+    CHECK(streamed->services == whole->services);
+    CHECK(streamed->slices == whole->slices);
+    REQUIRE(streamed->problems.size() == whole->problems.size());
+    for (size_t i = 0; i < whole->problems.size(); ++i) {
+      CHECK(streamed->problems[i].object == whole->problems[i].object);
+      CHECK(streamed->problems[i].field == whole->problems[i].field);
+      CHECK(streamed->problems[i].reason == normalized(whole->problems[i].reason));
+    }
+  }
+  // And they are what they should be, not merely equal.
+  auto first = parseManifests(texts[0], "m.json");
+  REQUIRE(first);
+  REQUIRE(first->services.size() == 1);
+  CHECK(first->services[0].ports[0].port == 81);  // the later definition
+  CHECK(first->slices.size() == 1);
+  CHECK(first->problems.size() == 2);  // the rejected Service and the duplicate
+  CHECK(parseManifests(texts[3], "m.json")->services.size() == 2);
+  CHECK(parseManifests(texts[4], "m.json").status().message() == "m.json: document 0 items[1]: no kind");
+  CHECK(parseManifests(texts[6], "m.json").status().message() == "m.json: document 0 items[1]: not a mapping");
+  CHECK(parseManifests(texts[8], "m.json")->services.empty());
+  CHECK(parseManifests(texts[9], "m.json")->slices.size() == 1);
+}
+
 TEST_CASE("file source: syntax errors name file, document and position") {
   struct Case {
     const char* text;
@@ -437,6 +511,20 @@ TEST_CASE("file source: reloads on change, rename-over and partial writes") {
     CHECK(sink.waitFor([&](auto& s) {
       return std::find(s.cleared.begin(), s.cleared.end(), "file:" + dir.path().string()) != s.cleared.end();
     }));
+  }
+  SUBCASE("the same bytes again deliver nothing, also after a broken version in between") {
+    const int before = sink.locked([](auto& s) { return s.replaces; });
+    dir.write("web.yaml", "kind: Service\nmetadata: {name: [\n");
+    CHECK(sink.waitFor([](auto& s) { return !s.problems.empty(); }));
+    dir.write("web.yaml", kWebYaml);
+    // The reload that sees the last good bytes again clears the error and delivers nothing.
+    CHECK(sink.waitFor([&](auto& s) {
+      return std::find(s.cleared.begin(), s.cleared.end(), "file:" + dir.path().string()) != s.cleared.end();
+    }));
+    CHECK(sink.locked([](auto& s) { return s.replaces; }) == before);
+    // Different bytes are delivered again (both kinds, whatever changed).
+    dir.write("web.yaml", std::string(kWebYaml) + "# edited\n");
+    CHECK(sink.waitFor([&](auto& s) { return s.replaces == before + 2; }));
   }
   SUBCASE("a bad object is skipped and reported, then cleared when fixed") {
     dir.write("bad.yaml", "kind: Service\nmetadata: {name: bad}\nspec: {type: Weird}\n");

@@ -22,10 +22,13 @@ TEST_CASE("model: Snapshot marks exactly the Services whose inputs changed") {
   CHECK(s.takeDirty() == std::set<ObjectName>{{"ns", "a"}, {"ns", "b"}});
   CHECK(s.slicesFor({"ns", "a"}).empty());
   CHECK(s.slicesFor({"ns", "b"}).size() == 1);
+  REQUIRE(s.sliceService({"ns", "a-1"}) != nullptr);
+  CHECK(*s.sliceService({"ns", "a-1"}) == ObjectName{"ns", "b"});
 
   s.removeSlice({"ns", "a-1"});
   CHECK(s.takeDirty() == std::set<ObjectName>{{"ns", "b"}});
   CHECK(s.sliceCount() == 0);
+  CHECK(s.sliceService({"ns", "a-1"}) == nullptr);
 
   s.removeSlice({"ns", "gone"});  // unknown: nothing changes
   s.removeService({"ns", "gone"});
