@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+source scripts/build-flags.sh
+cmake -S . -B build "${sluice_build_flags[@]}" >/dev/null
 cmake --build build -j"$(nproc)" --target sluice-demo
 exec ./build/proxy/sluice-demo "$@"

@@ -4,15 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-build=build
-# -g1 (line tables, which is what backtraces and sanitizer reports use) rather than -g: full
-# debug info at -O2 costs gcc variable tracking on every function, a large share of build time.
-flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g1 -DNDEBUG")
+source scripts/build-flags.sh
+build=build flags=("${sluice_build_flags[@]}")
 if [[ "${SLUICE_SANITIZE:-0}" == 1 ]]; then
-  build=build-asan
-  # -O1: ASan's recommended level, fast enough to run and much cheaper to compile than -O2.
-  flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG"
-    -DSLUICE_SANITIZE=ON -DSLUICE_BUILD_BENCH=OFF)
+  build=build-asan flags=("${sluice_sanitize_flags[@]}")
 fi
 cmake -S . -B "$build" "${flags[@]}"
 cmake --build "$build" -j"$(nproc)"
