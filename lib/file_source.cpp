@@ -16,7 +16,6 @@
 #include <atomic>
 #include <charconv>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -25,6 +24,7 @@
 #include <thread>
 
 #include "kube_decode.h"
+#include "read_file.h"
 
 namespace sluice {
 namespace {
@@ -453,17 +453,6 @@ struct ManifestFile {
 };
 using Digest = std::array<unsigned char, 32>;
 
-Result<std::string> readWhole(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return Status::fromErrno(errno, fmt::format("cannot read {}", file.string()));
-  std::string text;
-  std::error_code ec;
-  if (auto size = fs::file_size(file, ec); !ec) text.reserve(size);
-  char buf[16 * 1024];
-  while (in.read(buf, sizeof buf) || in.gcount() > 0) text.append(buf, size_t(in.gcount()));
-  return text;
-}
-
 // The file, or every *.yaml/*.yml/*.json file of the directory in name order, read whole.
 Result<std::vector<ManifestFile>> readManifestFiles(const std::string& path) {
   std::error_code ec;
@@ -479,7 +468,7 @@ Result<std::vector<ManifestFile>> readManifestFiles(const std::string& path) {
   }
   std::vector<ManifestFile> files;
   for (const auto& name : names) {
-    auto text = readWhole(name);
+    auto text = readFile(name.string());
     if (!text) return text.status();
     files.push_back({name.string(), std::move(text).value()});
   }

@@ -8,13 +8,13 @@
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
 #include <yaml-cpp/yaml.h>
+
+#include "read_file.h"
 
 extern char** environ;
 
@@ -24,14 +24,6 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 
 namespace {
-
-Result<std::string> readFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status(Code::kNotFound, "cannot read " + path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 Result<std::string> base64Decode(std::string in, const std::string& what) {
   std::erase_if(in, [](char c) { return std::isspace(static_cast<unsigned char>(c)); });
