@@ -1,79 +1,39 @@
-// etcd v3 gateway client over Boost.Beast. Every operation runs on a private io_context: the
-// async calls carry the timeouts (beast::tcp_stream), run() drives them one at a time.
+// etcd v3 gateway client over sluice's HTTP client.
 #include "etcd_client.h"
 
 #include <openssl/evp.h>
 
-#include <boost/asio/connect.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 #include <fmt/format.h>
 
 namespace sluice::etcd {
 namespace {
 
-namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = beast::http;
-using tcp = asio::ip::tcp;
 using json = nlohmann::json;
+using std::chrono::milliseconds;
 
-// Runs the pending async work of `ioc` to completion.
-void drive(asio::io_context& ioc) {
-  ioc.restart();
-  ioc.run();
-}
-
-Status connectStream(asio::io_context& ioc, beast::tcp_stream& stream, const Endpoint& ep,
-                     std::chrono::milliseconds timeout, const std::function<void()>& run) {
-  tcp::resolver resolver(ioc);
-  beast::error_code ec;
-  auto results = resolver.resolve(ep.host, std::to_string(ep.port), ec);
-  if (ec) return {Code::kUnavailable, "resolving " + ep.toString() + ": " + ec.message()};
-  stream.expires_after(timeout);
-  beast::error_code connectEc = asio::error::would_block;
-  stream.async_connect(results, [&](beast::error_code e, const tcp::endpoint&) { connectEc = e; });
-  run();
-  if (connectEc) return {Code::kUnavailable, "connecting to " + ep.toString() + ": " + connectEc.message()};
-  return Status::ok();
-}
-
-http::request<http::string_body> postRequest(const Endpoint& ep, const std::string& target, std::string body) {
-  http::request<http::string_body> req{http::verb::post, target, 11};
-  req.set(http::field::host, ep.toString());
-  req.set(http::field::content_type, "application/json");
-  req.body() = std::move(body);
-  req.prepare_payload();
+http::Request postRequest(const std::string& target, std::string body) {
+  http::Request req;
+  req.method = "POST";
+  req.target = target;
+  req.body = std::move(body);  // Content-Type application/json by default
   return req;
 }
 
 }  // namespace
 
-std::string Endpoint::toString() const { return host + ":" + std::to_string(port); }
-
-Result<Endpoint> parseEndpoint(std::string_view url) {
-  if (url.rfind("https://", 0) == 0) return Status(Code::kUnimplemented, "etcd over TLS is not supported yet");
-  if (url.rfind("http://", 0) == 0) url.remove_prefix(7);
-  while (!url.empty() && url.back() == '/') url.remove_suffix(1);
-  const auto colon = url.rfind(':');
-  if (colon == std::string_view::npos || colon == 0)
-    return Status(Code::kInvalidArgument, "etcd endpoint \"" + std::string(url) + "\": want host:port");
-  Endpoint ep;
-  ep.host = std::string(url.substr(0, colon));
-  unsigned long port = 0;
-  try {
-    size_t used = 0;
-    port = std::stoul(std::string(url.substr(colon + 1)), &used);
-    if (used != url.size() - colon - 1) port = 0;
-  } catch (const std::exception&) {
-    port = 0;
-  }
-  if (port == 0 || port > 65535)
-    return Status(Code::kInvalidArgument, "etcd endpoint \"" + std::string(url) + "\": bad port");
-  ep.port = static_cast<uint16_t>(port);
-  return ep;
+Result<http::Url> parseEndpoint(std::string_view text) {
+  std::string url(text);
+  if (url.find("://") == std::string::npos) url = "http://" + url;
+  auto parsed = http::parseUrl(url);
+  if (!parsed) return parsed.status().withContext(fmt::format("etcd endpoint \"{}\"", text));
+  // The port must be given: etcd listens on 2379 by convention, not on the scheme's port.
+  std::string_view authority = std::string_view(url).substr(url.find("://") + 3);
+  authority = authority.substr(0, authority.find('/'));
+  const auto bracket = authority.rfind(']');
+  const auto colon = authority.rfind(':');
+  if (colon == std::string_view::npos || (bracket != std::string_view::npos && colon < bracket))
+    return Status(Code::kInvalidArgument, fmt::format("etcd endpoint \"{}\": want host:port", text));
+  return parsed;
 }
 
 std::string base64Encode(std::string_view raw) {
@@ -196,28 +156,13 @@ Result<WatchMessage> decodeWatchLine(std::string_view line) {
 // --- Client ------------------------------------------------------------------------------------
 
 Result<json> Client::call(const std::string& target, const json& body) const {
-  asio::io_context ioc;
-  beast::tcp_stream stream(ioc);
-  if (Status s = connectStream(ioc, stream, endpoint_, timeout_, [&] { drive(ioc); }); !s) return s;
-  auto req = postRequest(endpoint_, target, body.dump());
-  http::response<http::string_body> res;
-  beast::flat_buffer buffer;
-  beast::error_code ec = asio::error::would_block;
-  stream.expires_after(timeout_);
-  http::async_write(stream, req, [&](beast::error_code e, size_t) {
-    ec = e;
-    if (e) return;
-    ec = asio::error::would_block;
-    http::async_read(stream, buffer, res, [&](beast::error_code e2, size_t) { ec = e2; });
-  });
-  drive(ioc);
-  beast::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
-  if (ec) return Status(Code::kUnavailable, fmt::format("etcd {}{}: {}", endpoint_.toString(), target, ec.message()));
-  if (res.result_int() != 200) return statusFromReply(res.result_int(), res.body(), "etcd " + target);
+  http::Connection conn(server_);
+  auto res = conn.roundTrip(postRequest(target, body.dump()), timeout_);
+  if (!res) return Status(res.status().code(), fmt::format("etcd {}: {}", target, res.status().message()));
+  if (res->status != 200) return statusFromReply(res->status, res->body, "etcd " + target);
   try {
     // Streaming RPCs called one-shot (keepalive) answer one `{"result":…}` line.
-    json j = json::parse(res.body());
+    json j = json::parse(res->body);
     if (j.is_object() && j.contains("result") && j.size() == 1) return j["result"];
     if (j.is_object() && j.contains("error")) return statusFromReply(200, j["error"].dump(), "etcd " + target);
     return j;
@@ -269,74 +214,43 @@ Status Client::compact(int64_t revision) const {
 
 // --- Watch -------------------------------------------------------------------------------------
 
+// How long a watch stream may stay silent before it is presumed dead. etcd sends a progress
+// notification every 10 minutes (3.4's default), and TCP keepalive notices a vanished peer far
+// sooner; this only bounds a server that keeps the socket up but stopped sending.
+constexpr milliseconds kWatchIdleTimeout = std::chrono::hours(1);
+
 Status Watch::run(const std::string& prefix, int64_t startRevision,
                   const std::function<bool(const WatchMessage&)>& onMessage) {
-  asio::io_context ioc;
+  http::Connection conn(server_);
   {
     std::lock_guard lock(mu_);
     if (cancelled_) return Status::ok();
-    ioc_ = &ioc;
+    running_ = &conn;
   }
   struct Unregister {
     Watch* w;
     ~Unregister() {
       std::lock_guard lock(w->mu_);
-      w->ioc_ = nullptr;
+      w->running_ = nullptr;
     }
   } unregister{this};
-  auto cancelled = [&] {
-    std::lock_guard lock(mu_);
-    return cancelled_;
-  };
-  // restart() under the lock: a cancel() either comes first (and nothing runs) or stops this run.
-  auto driveWatch = [&] {
-    {
-      std::lock_guard lock(mu_);
-      if (cancelled_) return;
-      ioc.restart();
-    }
-    ioc.run();
-  };
 
-  beast::tcp_stream stream(ioc);
-  if (Status s = connectStream(ioc, stream, endpoint_, connectTimeout_, driveWatch); !s)
-    return cancelled() ? Status::ok() : s;
   json create = {{"key", base64Encode(prefix)},
                  {"range_end", base64Encode(prefixEnd(prefix))},
                  {"prev_kv", false},
                  {"progress_notify", true}};
   if (startRevision > 0) create["start_revision"] = std::to_string(startRevision);
-  auto req = postRequest(endpoint_, "/v3/watch", json{{"create_request", create}}.dump());
-  beast::error_code ec = asio::error::would_block;
-  stream.expires_after(connectTimeout_);
-  http::async_write(stream, req, [&](beast::error_code e, size_t) { ec = e; });
-  driveWatch();
-  if (cancelled()) return Status::ok();
-  if (ec) return {Code::kUnavailable, "etcd watch: sending: " + ec.message()};
-
-  http::response_parser<http::string_body> parser;
-  parser.body_limit(boost::none);  // a watch streams for as long as it lives
-  beast::flat_buffer buffer;
-  ec = asio::error::would_block;
-  http::async_read_header(stream, buffer, parser, [&](beast::error_code e, size_t) { ec = e; });
-  driveWatch();
-  if (cancelled()) return Status::ok();
-  if (ec) return {Code::kUnavailable, "etcd watch: reading headers: " + ec.message()};
-  stream.expires_never();  // an idle watch is normal
-
-  // The body arrives as chunks holding `\n`-terminated JSON lines; a line may span chunks.
+  // The body arrives as `\n`-terminated JSON lines; a line may span reads.
   std::string pending;
   bool keepGoing = true;
   Status failure;
-  const int httpStatus = parser.get().result_int();
-  auto onChunk = [&](std::uint64_t, beast::string_view data, beast::error_code&) -> std::size_t {
-    pending.append(data.data(), data.size());
-    if (httpStatus != 200) return data.size();
-    size_t nl;
-    while (keepGoing && (nl = pending.find('\n')) != std::string::npos) {
-      std::string line = pending.substr(0, nl);
-      pending.erase(0, nl + 1);
-      if (line.find_first_not_of(" \r\t") == std::string::npos) continue;
+  auto sink = [&](std::string_view data) {
+    pending.append(data);
+    size_t start = 0, nl;
+    while (keepGoing && (nl = pending.find('\n', start)) != std::string::npos) {
+      std::string_view line(pending.data() + start, nl - start);
+      start = nl + 1;
+      if (line.find_first_not_of(" \r\t") == std::string_view::npos) continue;
       auto msg = decodeWatchLine(line);
       if (!msg) {
         failure = msg.status();
@@ -345,18 +259,14 @@ Status Watch::run(const std::string& prefix, int64_t startRevision,
       }
       keepGoing = onMessage(*msg);
     }
-    return data.size();
+    pending.erase(0, start);
+    return keepGoing;
   };
-  parser.on_chunk_body(onChunk);
-  while (keepGoing && !parser.is_done()) {
-    ec = asio::error::would_block;
-    http::async_read_some(stream, buffer, parser, [&](beast::error_code e, size_t) { ec = e; });
-    driveWatch();
-    if (cancelled()) return Status::ok();
-    if (ec) return {Code::kUnavailable, "etcd watch: stream: " + ec.message()};
-  }
-  if (httpStatus != 200)  // a chunked error body went through onChunk, a sized one to the body
-    return statusFromReply(httpStatus, pending.empty() ? parser.get().body() : pending, "etcd watch");
+  auto res = conn.stream(postRequest("/v3/watch", json{{"create_request", create}}.dump()), timeout_,
+                         kWatchIdleTimeout, sink);
+  if (res.status().code() == Code::kAborted) return Status::ok();  // cancel()
+  if (!res) return Status(res.status().code(), "etcd watch: " + res.status().message());
+  if (res->status != 200) return statusFromReply(res->status, res->body, "etcd watch");
   if (!failure) return failure;
   if (keepGoing) return {Code::kUnavailable, "etcd watch: the server ended the stream"};
   return Status::ok();
@@ -365,7 +275,7 @@ Status Watch::run(const std::string& prefix, int64_t startRevision,
 void Watch::cancel() {
   std::lock_guard lock(mu_);
   cancelled_ = true;
-  if (ioc_) ioc_->stop();
+  if (running_) running_->cancel();
 }
 
 }  // namespace sluice::etcd

@@ -1,5 +1,6 @@
 // etcd_client.h (private) — a small client for etcd v3's gRPC-JSON gateway (etcd 3.4, /v3/...),
-// over plain HTTP/1.1 with Boost.Beast: what the lease store needs and nothing more.
+// over sluice's HTTP client (http or https, client certificates): what the lease store needs
+// and nothing more.
 //
 // Wire facts (docs: /work/shared/spec/kubernetes-api.md §4, captured bodies in fixtures/etcd):
 // every RPC is a POST with a JSON body; keys and values are standard base64; 64-bit integers
@@ -7,9 +8,9 @@
 // PUT event, no `TTL` for a lease that is gone); errors are {"error","message","code"} with the
 // gRPC code and an HTTP status mapped from it; bodies are chunked and end with a trailer.
 //
-// One TCP connection per call (loopback or LAN etcd: the handshake is cheap next to a raft
-// write). A Watch holds its own connection and reads the streaming response as it arrives.
-// TODO(lead): unify the HTTP part with lib/http_client.* (helper "kube") once both land.
+// One connection per call (loopback or LAN etcd: the handshake is cheap next to a raft write,
+// and calls from different threads never wait for each other). A Watch holds its own
+// connection and reads the streaming response as it arrives.
 #pragma once
 
 #include <chrono>
@@ -22,21 +23,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "sluice/http_client.h"
 #include "sluice/status.h"
-
-namespace boost::asio {
-class io_context;
-}
 
 namespace sluice::etcd {
 
-struct Endpoint {
-  std::string host;  // "127.0.0.1"
-  uint16_t port = 2379;
-  std::string toString() const;
-};
-// "http://127.0.0.1:2379" (the scheme is optional; only http is supported).
-Result<Endpoint> parseEndpoint(std::string_view url);
+// "https://10.0.0.1:2379", "http://127.0.0.1:2379" or "127.0.0.1:2379" (http). The port is
+// required: etcd has no scheme default.
+Result<http::Url> parseEndpoint(std::string_view url);
 
 std::string base64Encode(std::string_view raw);
 Result<std::string> base64Decode(std::string_view b64);
@@ -87,7 +81,9 @@ struct RangeResult {
 
 class Client {
  public:
-  Client(Endpoint endpoint, std::chrono::milliseconds timeout) : endpoint_(std::move(endpoint)), timeout_(timeout) {}
+  // `server.url` names etcd; its TLS settings apply to https. `timeout` bounds every call.
+  Client(http::ConnectionOptions server, std::chrono::milliseconds timeout)
+      : server_(std::move(server)), timeout_(timeout) {}
 
   // POST `target` with `body`; the parsed reply, or the mapped error. kUnavailable when the
   // server cannot be reached or does not answer within the timeout.
@@ -102,10 +98,10 @@ class Client {
   Status revoke(int64_t id) const;
   Status compact(int64_t revision) const;
 
-  const Endpoint& endpoint() const { return endpoint_; }
+  const http::Url& url() const { return server_.url; }
 
  private:
-  Endpoint endpoint_;
+  http::ConnectionOptions server_;
   std::chrono::milliseconds timeout_;
 };
 
@@ -113,8 +109,10 @@ class Client {
 // cancelled. run() blocks; cancel() may be called from any thread, also before run().
 class Watch {
  public:
-  Watch(Endpoint endpoint, std::chrono::milliseconds connectTimeout)
-      : endpoint_(std::move(endpoint)), connectTimeout_(connectTimeout) {}
+  // `timeout` bounds connecting and the response head; the stream itself may stay quiet (the
+  // watch asks for progress notifications, which etcd sends every 10 minutes by default).
+  Watch(http::ConnectionOptions server, std::chrono::milliseconds timeout)
+      : server_(std::move(server)), timeout_(timeout) {}
 
   // Calls onMessage for every line; returning false ends the watch. Returns ok when ended by
   // onMessage or cancel(), kUnavailable when the connection failed or closed, or the mapped
@@ -124,11 +122,11 @@ class Watch {
   void cancel();
 
  private:
-  Endpoint endpoint_;
-  std::chrono::milliseconds connectTimeout_;
+  http::ConnectionOptions server_;
+  std::chrono::milliseconds timeout_;
   std::mutex mu_;
   bool cancelled_ = false;
-  boost::asio::io_context* ioc_ = nullptr;  // the running one, to stop it (guarded by mu_)
+  http::Connection* running_ = nullptr;  // the stream in progress, to cancel it (guarded by mu_)
 };
 
 }  // namespace sluice::etcd

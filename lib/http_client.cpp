@@ -10,6 +10,8 @@
 #include <strings.h>
 
 #include <charconv>
+#include <cstdint>
+#include <limits>
 #include <optional>
 
 #include <boost/asio.hpp>
@@ -325,7 +327,9 @@ struct Connection::Impl {
     if (Status s = connect(); !s) return s;
     if (Status s = send(request, headTimeout); !s) return s;
     bhttp::response_parser<bhttp::buffer_body> parser;
-    parser.body_limit(boost::none);
+    // No limit, spelled as the largest one: Boost 1.74 compares a Content-Length with an unset
+    // limit (boost::none) as exceeding it, so any reply with a Content-Length failed.
+    parser.body_limit(std::numeric_limits<std::uint64_t>::max());
     lowest().expires_after(headTimeout);
     beast::error_code ec = withStream([&](auto& s) {
       return await([&](auto handler) { bhttp::async_read_header(s, buffer, parser, handler); });

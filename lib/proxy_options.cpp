@@ -161,6 +161,13 @@ std::vector<FlagSpec> buildFlags() {
       stringField(&ProxyOptions::leaseTokenFile));
   add("--lease-etcd-endpoints", "URL[,URL]", "sluice.lease.etcdEndpoints",
       "etcd endpoint of the etcd lease backend (the first is used)", "", listField(&ProxyOptions::leaseEtcdEndpoints));
+  add("--lease-etcd-cafile", "FILE", "sluice.lease.etcdCAFile",
+      "CA bundle (PEM) that signed the etcd server's certificate, for https endpoints; default: the system's", "",
+      stringField(&ProxyOptions::leaseEtcdCAFile));
+  add("--lease-etcd-certfile", "FILE", "sluice.lease.etcdCertFile",
+      "Client certificate (PEM) presented to etcd, for https endpoints", "", stringField(&ProxyOptions::leaseEtcdCertFile));
+  add("--lease-etcd-keyfile", "FILE", "sluice.lease.etcdKeyFile", "Key (PEM) of --lease-etcd-certfile", "",
+      stringField(&ProxyOptions::leaseEtcdKeyFile));
   add("--lease-prefix", "KEY", "sluice.lease.prefix",
       "etcd key prefix of endpoint leases; keys are PREFIX + NAMESPACE/NAME/ + identity", "/sluice/leases/",
       stringField(&ProxyOptions::leasePrefix));
@@ -368,6 +375,11 @@ std::vector<Problem> validate(const ProxyOptions& o) {
       report("--lease-token-file", "is required with --lease-backend embedded (the lease API is never open)");
     if (leases == "etcd" && o.leaseEtcdEndpoints.empty())
       report("--lease-etcd-endpoints", "is required with --lease-backend etcd");
+  }
+  if (o.leaseEtcdCertFile.empty() != o.leaseEtcdKeyFile.empty()) {
+    const bool noCert = o.leaseEtcdCertFile.empty();
+    report(noCert ? "--lease-etcd-certfile" : "--lease-etcd-keyfile",
+           std::string("is required with ") + (noCert ? "--lease-etcd-keyfile" : "--lease-etcd-certfile"));
   }
   for (const auto& [flag, value] : {std::pair{"--healthz-bind-address", o.healthzBindAddress},
                                     std::pair{"--metrics-bind-address", o.metricsBindAddress},

@@ -55,6 +55,9 @@ Result<std::unique_ptr<Leases>> makeLeases(const ProxyOptions& options) {
   } else if (backend == "etcd") {
     EtcdLeaseStoreConfig ec;
     ec.endpoint = options.leaseEtcdEndpoints.front();
+    ec.tls.caFile = options.leaseEtcdCAFile;
+    ec.tls.certFile = options.leaseEtcdCertFile;
+    ec.tls.keyFile = options.leaseEtcdKeyFile;
     // One group per Service: PREFIX + NAMESPACE/NAME/ + identity.
     ec.prefix = options.leasePrefix + svc.ns + "/" + svc.name + "/";
     auto store = EtcdLeaseStore::create(ec);

@@ -46,7 +46,7 @@ int64_t ttlSeconds(std::chrono::milliseconds ttl) { return std::max<int64_t>(1, 
 
 struct EtcdLeaseStore::Impl {
   EtcdLeaseStoreConfig cfg;
-  etcd::Endpoint endpoint;
+  http::ConnectionOptions server;
   etcd::Client client;
 
   mutable std::mutex mu;
@@ -63,8 +63,8 @@ struct EtcdLeaseStore::Impl {
   std::mutex notifyMu;
   std::function<void()> onChange;
 
-  Impl(EtcdLeaseStoreConfig c, etcd::Endpoint ep)
-      : cfg(std::move(c)), endpoint(ep), client(ep, cfg.requestTimeout) {}
+  Impl(EtcdLeaseStoreConfig c, http::ConnectionOptions s)
+      : cfg(std::move(c)), server(std::move(s)), client(server, cfg.requestTimeout) {}
 
   void notify() {
     std::lock_guard lock(notifyMu);
@@ -132,7 +132,7 @@ struct EtcdLeaseStore::Impl {
         }
       }
       if (status) {
-        etcd::Watch w(endpoint, cfg.requestTimeout);
+        etcd::Watch w(server, cfg.requestTimeout);
         int64_t from;
         {
           std::lock_guard l(mu);
@@ -154,11 +154,15 @@ struct EtcdLeaseStore::Impl {
 };
 
 Result<std::unique_ptr<EtcdLeaseStore>> EtcdLeaseStore::create(EtcdLeaseStoreConfig config) {
-  auto ep = etcd::parseEndpoint(config.endpoint);
-  if (!ep) return ep.status();
+  auto url = etcd::parseEndpoint(config.endpoint);
+  if (!url) return url.status();
+  http::ConnectionOptions server;
+  server.url = std::move(url).value();
+  server.tls = config.tls;
+  server.connectTimeout = config.requestTimeout;
   if (config.prefix.empty() || config.prefix.back() != '/')
     return Status(Code::kInvalidArgument, "etcd lease prefix \"" + config.prefix + "\" must end with '/'");
-  return std::unique_ptr<EtcdLeaseStore>(new EtcdLeaseStore(std::make_unique<Impl>(std::move(config), *ep)));
+  return std::unique_ptr<EtcdLeaseStore>(new EtcdLeaseStore(std::make_unique<Impl>(std::move(config), std::move(server))));
 }
 
 EtcdLeaseStore::EtcdLeaseStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -173,7 +177,7 @@ EtcdLeaseStore::~EtcdLeaseStore() {
   if (impl_->watcher.joinable()) impl_->watcher.join();
 }
 
-std::string EtcdLeaseStore::name() const { return "etcd:" + impl_->endpoint.toString() + impl_->cfg.prefix; }
+std::string EtcdLeaseStore::name() const { return "etcd:" + impl_->server.url.hostHeader() + impl_->cfg.prefix; }
 
 Result<LeaseHandle> EtcdLeaseStore::acquire(const LeaseSpec& spec, Clock::WallTime renewTime) {
   if (Status s = validateLeaseSpec(spec); !s) return s;

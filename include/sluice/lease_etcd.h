@@ -12,16 +12,20 @@
 #include <memory>
 #include <string>
 
+#include "sluice/http_client.h"
 #include "sluice/lease.h"
 
 namespace sluice {
 
 struct EtcdLeaseStoreConfig {
-  std::string endpoint;  // "http://127.0.0.1:2379" (TLS is not supported yet)
+  std::string endpoint;  // "https://10.0.0.1:2379", "http://127.0.0.1:2379"
   std::string prefix;    // "/sluice/leases/demo/api/": keys are prefix + identity
   std::chrono::milliseconds requestTimeout{2000};
   // Pause between attempts to re-establish the watch after it broke.
   std::chrono::milliseconds retryInterval{200};
+  // For https: trust (the CA), and the client certificate etcd asks for with
+  // --client-cert-auth (as kube-apiserver's --etcd-cafile/--etcd-certfile/--etcd-keyfile).
+  http::TlsConfig tls;
 };
 
 class EtcdLeaseStore final : public LeaseStore {

@@ -50,6 +50,9 @@ struct ProxyOptions {
   std::string leaseBindAddress = "127.0.0.1:10259";  // embedded: the lease API's address
   std::string leaseTokenFile;  // embedded: bearer token the lease API requires (required)
   std::vector<std::string> leaseEtcdEndpoints;
+  std::string leaseEtcdCAFile;    // https: PEM CA bundle that signed etcd's certificate
+  std::string leaseEtcdCertFile;  // https: client certificate (etcd --client-cert-auth)
+  std::string leaseEtcdKeyFile;   // https: its key
   std::string leasePrefix = "/sluice/leases/";
   std::chrono::nanoseconds leaseTTL = std::chrono::seconds(15);
   // --- serving ---

@@ -96,7 +96,7 @@ KeyPair makeCa(const std::string& commonName) {
 }
 
 KeyPair issueCert(const KeyPair& ca, const std::string& commonName,
-                  const std::vector<std::string>& sans, bool client) {
+                  const std::vector<std::string>& sans, CertUse use) {
   PKey caKey = readKey(ca.keyPem);
   Cert caCert = readCert(ca.certPem);
   static long serial = 100;
@@ -104,7 +104,8 @@ KeyPair issueCert(const KeyPair& ca, const std::string& commonName,
   Cert cert = newCert(key.get(), commonName, ++serial);
   X509_set_issuer_name(cert.get(), X509_get_subject_name(caCert.get()));
   addExt(cert.get(), caCert.get(), NID_basic_constraints, "critical,CA:FALSE");
-  addExt(cert.get(), caCert.get(), NID_ext_key_usage, client ? "clientAuth" : "serverAuth");
+  addExt(cert.get(), caCert.get(), NID_ext_key_usage,
+         use == CertUse::kServer ? "serverAuth" : use == CertUse::kClient ? "clientAuth" : "serverAuth,clientAuth");
   if (!sans.empty()) {
     std::string list;
     for (const auto& s : sans) list += (list.empty() ? "" : ",") + s;
