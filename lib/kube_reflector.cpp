@@ -320,6 +320,10 @@ Reflector::Outcome Reflector::watch(std::string& rv) {
   if (res->status != 200) {
     if (res->status == 401) credentials_->invalidate();
     bool expired = isExpiredOrTooLarge(res->status, res->body);
+    if (expired) {
+      std::lock_guard lock(mu_);
+      ++stats_.expired;
+    }
     noteFailure(Status(Code::kUnavailable, fmt::format("watch {}: HTTP {}: {}",
                                                        options_.collectionPath, res->status, res->body)),
                 index, false);

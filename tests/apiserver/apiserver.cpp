@@ -438,6 +438,20 @@ void ApiServer::serveStream(Stream& stream, const std::shared_ptr<Conn>& conn) {
     if (req.method() == bhttp::verb::get && name.empty() &&
         (param("watch") == "1" || param("watch") == "true")) {
       // ---- WATCH ----
+      std::optional<int> rejectWith;
+      {
+        std::lock_guard lock(mu_);
+        auto it = rejectedWatches_.find(res->plural);
+        if (it != rejectedWatches_.end() && it->second.second > 0) {
+          --it->second.second;
+          rejectWith = it->second.first;
+        }
+      }
+      if (rejectWith) {
+        fail(*rejectWith, *rejectWith == 410 ? "Expired" : *rejectWith == 429 ? "TooManyRequests" : "Forbidden",
+             "watch of " + res->plural + " refused by the test server");
+        return;
+      }
       if (param("sendInitialEvents") == "true") {
         fail(400, "BadRequest", "sendInitialEvents is not supported by this test server");
         return;
@@ -812,6 +826,11 @@ std::vector<json> ApiServer::list(const std::string& resource) const {
   if (r != store_.end())
     for (const auto& [k, obj] : r->second) out.push_back(obj);
   return out;
+}
+
+void ApiServer::rejectWatches(const std::string& resource, int code, int count) {
+  std::lock_guard lock(mu_);
+  rejectedWatches_[resource] = {code, count};
 }
 
 void ApiServer::injectConflicts(const std::string& resource, int count) {

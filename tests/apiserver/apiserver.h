@@ -109,6 +109,10 @@ class ApiServer {
   // The next `count` PUTs of `resource` answer 409 Conflict whatever their resourceVersion
   // (another writer keeps winning the race).
   void injectConflicts(const std::string& resource, int count);
+  // The next `count` WATCH requests of `resource` are answered with HTTP `code` and a Status
+  // body with a Content-Length, before any event (what a real API server does when it refuses
+  // a watch: 403, 429, or 410 for a resourceVersion it no longer has).
+  void rejectWatches(const std::string& resource, int code, int count);
 
   std::vector<RecordedRequest> requests() const;
   size_t watchCount() const;  // watches currently open
@@ -148,6 +152,7 @@ class ApiServer {
   size_t openWatches_ = 0;
   bool stopping_ = false;
   std::map<std::string, int> injectedConflicts_;  // resource → PUTs still to refuse
+  std::map<std::string, std::pair<int, int>> rejectedWatches_;  // resource → (code, count left)
 
   uint16_t port_ = 0;
   std::atomic<int> listenFd_{-1};

@@ -215,6 +215,29 @@ TEST_CASE("reflector: 410 ERROR events (both wordings) lead to a relist") {
   }
 }
 
+// A server can refuse a watch before the stream starts, with an HTTP status and a Status body
+// that has a Content-Length. 410 must relist; 403/429 are that server's answer, not a reason to
+// fail over (the second server here has no Services, so a failover would empty the mirror).
+TEST_CASE("reflector: a watch refused with an HTTP status relists on 410 and does not fail over") {
+  for (int code : {410, 403, 429}) {
+    CAPTURE(code);
+    ApiServer server, other;
+    server.create("services", service("default", "a"));
+    server.rejectWatches("services", code, 1);
+    server.start();
+    other.start();
+    Harness h({server.url(), other.url()});
+    REQUIRE(eventually([&] { return h.stats().errors >= 1 && server.watchCount() == 1; }));
+    CHECK(h.stats().expired == (code == 410 ? 1u : 0u));
+    CHECK(h.stats().relists == (code == 410 ? 1u : 0u));  // otherwise: re-watch from the same RV
+    CHECK(h.stats().failovers == 0);
+    CHECK(other.watchCount() == 0);
+    server.create("services", service("default", "b"));
+    REQUIRE(eventually([&] { return h.mirror.has("default/b"); }));
+    CHECK(h.mirror.has("default/a"));
+  }
+}
+
 TEST_CASE("reflector: a LIST answered 410 falls back to a consistent read") {
   ApiServerOptions so;
   so.listOldRvIs410 = true;
