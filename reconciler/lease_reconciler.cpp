@@ -91,6 +91,16 @@ LeaseEndpointReconciler::Outcome LeaseEndpointReconciler::reconcileOnce(StateSin
   observed_ = std::move(next);  // what the store no longer lists is gone at once
   reportProblems(sink, listing->errors);
 
+  // Dead for long enough: out of the store, or Lease objects of every registrant that ever
+  // died would pile up (Kubernetes keeps them). A failure is retried at the next pass.
+  if (config_.collectAfter > std::chrono::milliseconds::zero()) {
+    for (const auto& [id, o] : observed_) {
+      if (now < o.deadline + config_.collectAfter) continue;
+      if (Status s = store_.collect(o.record); !s)
+        spdlog::warn("lease reconciler {}: collecting dead lease {}: {}", config_.service.toString(), id, s.toString());
+    }
+  }
+
   const size_t live = std::count_if(observed_.begin(), observed_.end(),
                                     [&](const auto& kv) { return kv.second.deadline > now; });
   if (live == 0 && config_.self && !shuttingDown_) {

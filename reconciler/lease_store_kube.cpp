@@ -355,6 +355,30 @@ Status KubeLeaseStore::release(const LeaseHandle& handle) {
   return {Code::kAborted, "lease " + handle.identity + ": release conflicted twice in a row"};
 }
 
+Status KubeLeaseStore::collect(const LeaseRecord& seen) {
+  Impl& m = *impl_;
+  const std::string& identity = seen.spec.identity;
+  auto current = m.get(identity);
+  if (!current) return current.status().code() == Code::kNotFound ? Status::ok() : current.status();
+  // Renewed or taken over since the observer judged it dead: alive after all.
+  if (leaseIdOf(*current) != seen.leaseId || generationOf(*current) != seen.generation) return Status::ok();
+  json options = {{"apiVersion", "v1"},
+                  {"kind", "DeleteOptions"},
+                  {"preconditions",
+                   {{"uid", (*current)["metadata"].value("uid", "")},
+                    {"resourceVersion", (*current)["metadata"].value("resourceVersion", "")}}}};
+  auto del = m.call("DELETE", m.path(identity), options);
+  if (!del) return del.status();
+  if (del->status == 404 || del->status == 409) return Status::ok();  // gone, or written meanwhile
+  if (!del->ok()) return del->toStatus("collecting dead lease " + identity);
+  {
+    std::lock_guard lock(m.mu);
+    m.stats.collected++;
+  }
+  m.notify();
+  return Status::ok();
+}
+
 Result<LeaseListing> KubeLeaseStore::list() {
   Impl& m = *impl_;
   const std::string target =

@@ -111,6 +111,14 @@ class LeaseStore {
   // have changed, so an observer can reconcile at once instead of at its next tick. One
   // observer; pass {} to clear. The store must not call it after it is cleared.
   virtual void setOnChange(std::function<void()> onChange) = 0;
+  // Deletes a lease an observer judged dead long ago, unless it changed since `seen` (what the
+  // observer last listed). For stores that keep dead leases: Kubernetes never deletes a Lease
+  // object by itself. Stores whose leases vanish on expiry (etcd, embedded) need nothing. A
+  // lease that changed, or is gone already, is success.
+  virtual Status collect(const LeaseRecord& seen) {
+    (void)seen;
+    return Status::ok();
+  }
 };
 
 // The in-process store (the default). Leases expire on the store's monotonic clock: a listing
@@ -207,6 +215,10 @@ struct LeaseReconcilerConfig {
   // is renewed at every reconcile, and while it should exist an empty endpoint set is never
   // published — an empty listing then means the store is wrong, not that nobody is there.
   std::optional<LeaseSpec> self;
+  // A lease seen unchanged for this long after its TTL ran out is deleted from the store
+  // (LeaseStore::collect), so dead registrants do not pile up as Lease objects. Every observer
+  // may do it; the store's preconditions make a live lease safe. 0 = never.
+  std::chrono::milliseconds collectAfter{std::chrono::minutes(5)};
   const Clock* clock = nullptr;  // nullptr = Clock::system()
 };
 

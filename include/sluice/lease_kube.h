@@ -56,14 +56,19 @@ class KubeLeaseStore final : public LeaseStore {
   Status renew(LeaseHandle& handle, Clock::WallTime renewTime) override;
   Status release(const LeaseHandle& handle) override;
   // One LIST per call. Kubernetes keeps expired Lease objects, so the listing holds every Lease
-  // of the group; the reconciler drops those it has not seen change within their TTL.
+  // of the group; the reconciler drops those it has not seen change within their TTL, and
+  // collects (deletes) them once they stayed dead for its collectAfter.
   Result<LeaseListing> list() override;
   // Called after this instance's own writes; other processes' writes are seen at the next list.
   void setOnChange(std::function<void()> onChange) override;
+  // DELETE with uid + resourceVersion preconditions, after a GET shows the object still is what
+  // `seen` describes (a renewal or takeover since leaves it alone).
+  Status collect(const LeaseRecord& seen) override;
 
   struct Stats {
     uint64_t conflicts = 0;  // 409s answered to renew/acquire/release
     uint64_t takeovers = 0;  // acquires that replaced an existing Lease object
+    uint64_t collected = 0;  // dead Lease objects deleted by collect()
   };
   Stats stats() const;
 

@@ -299,6 +299,43 @@ TEST_CASE("kubernetes lease reconciler: a registrant that stops renewing expires
   CHECK(publisher->stats().failures == 0);
 }
 
+// Kubernetes keeps a Lease object forever; the observer deletes one it has seen dead for
+// collectAfter, and never one that changed after it was listed.
+TEST_CASE("kubernetes lease reconciler: a dead registrant's Lease object is collected, a live one never") {
+  ReconcilerRig r;
+  auto& [rig, registrants, observer, local, publisher, rc] = r;
+  rc.collectAfter = 300ms;
+  LeaseSource source(*observer, rc);
+  LeaseRegistrant a(*registrants, leaseSpec("a", "198.18.1.11", 8080, 300ms));
+  LeaseRegistrant b(*registrants, leaseSpec("b", "198.18.1.12", 8080, 300ms));
+  REQUIRE(a.start().isOk());
+  REQUIRE(b.start().isOk());
+  REQUIRE(source.start(*publisher).isOk());
+  REQUIRE(rig.published(addrs({"198.18.1.11", "198.18.1.12"})));
+
+  b.stop(false);  // dies without releasing
+  REQUIRE(rig.published(addrs({"198.18.1.11"})));
+  CHECK(eventually([&] { return !rig.lease("web-b").is_object(); }, 3s));
+  CHECK(observer->stats().collected == 1);
+  CHECK(rig.lease("web-a").is_object());
+
+  // A record that is stale by the time collect() runs (renewed since) is left alone.
+  auto listing = observer->list();
+  REQUIRE(listing.isOk());
+  REQUIRE(listing->leases.size() == 1);
+  const LeaseRecord seen = listing->leases[0];
+  REQUIRE(eventually([&] {
+    auto now = observer->list();
+    return now && now->leases.size() == 1 && now->leases[0].generation != seen.generation;
+  }, 2s));
+  REQUIRE(observer->collect(seen).isOk());
+  CHECK(rig.lease("web-a").is_object());
+  CHECK(observer->stats().collected == 1);
+
+  source.stop();
+  a.stop();
+}
+
 TEST_CASE("kubernetes lease reconciler: API server unreachable for longer than a TTL") {
   ReconcilerRig r;
   auto& [rig, registrants, observer, local, publisher, rc] = r;
