@@ -22,6 +22,7 @@ TEST_CASE("model: Snapshot marks exactly the Services whose inputs changed") {
   CHECK(s.takeDirty() == std::set<ObjectName>{{"ns", "a"}, {"ns", "b"}});
   CHECK(s.slicesFor({"ns", "a"}).empty());
   CHECK(s.slicesFor({"ns", "b"}).size() == 1);
+  CHECK(s.slices().count({"ns", "a"}) == 0);  // the emptied map is dropped
   REQUIRE(s.sliceService({"ns", "a-1"}) != nullptr);
   CHECK(*s.sliceService({"ns", "a-1"}) == ObjectName{"ns", "b"});
 
