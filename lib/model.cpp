@@ -40,6 +40,29 @@ Result<Protocol> parseProtocol(std::string_view s) {
   return Status(Code::kInvalidArgument, fmt::format("unsupported protocol \"{}\"", s));
 }
 
+EndpointHints::EndpointHints(std::vector<std::string> zones, std::vector<std::string> nodes) {
+  if (!zones.empty() || !nodes.empty()) lists_ = std::make_unique<Lists>(Lists{std::move(zones), std::move(nodes)});
+}
+
+EndpointHints::EndpointHints(const EndpointHints& other)
+    : lists_(other.lists_ ? std::make_unique<Lists>(*other.lists_) : nullptr) {}
+
+EndpointHints& EndpointHints::operator=(const EndpointHints& other) {
+  if (this != &other) lists_ = other.lists_ ? std::make_unique<Lists>(*other.lists_) : nullptr;
+  return *this;
+}
+
+namespace {
+const std::vector<std::string> kNoNames;
+}  // namespace
+
+const std::vector<std::string>& EndpointHints::zones() const { return lists_ ? lists_->zones : kNoNames; }
+const std::vector<std::string>& EndpointHints::nodes() const { return lists_ ? lists_->nodes : kNoNames; }
+
+bool EndpointHints::operator==(const EndpointHints& other) const {
+  return zones() == other.zones() && nodes() == other.nodes();
+}
+
 void Snapshot::upsertService(Service svc) {
   dirty_.insert(svc.id);
   auto id = svc.id;

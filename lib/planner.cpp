@@ -201,11 +201,11 @@ std::vector<ResolvedEndpoint> resolveEndpoints(const Service& svc, const Service
       r.local = !cfg.nodeName.empty() && e.nodeName == cfg.nodeName;
       r.nodeUnknown = e.nodeName.empty();
       if (zoneHints) {
-        r.hinted = !e.hintZones.empty();
-        r.hintedHere = names(e.hintZones, cfg.zone);
+        r.hinted = !e.hints.zones().empty();
+        r.hintedHere = names(e.hints.zones(), cfg.zone);
       } else if (nodeHints) {
-        r.hinted = !e.hintNodes.empty();
-        r.hintedHere = names(e.hintNodes, cfg.nodeName);
+        r.hinted = !e.hints.nodes().empty();
+        r.hintedHere = names(e.hints.nodes(), cfg.nodeName);
       }
       r.weight = e.weight;
       out.push_back(r);
