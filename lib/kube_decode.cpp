@@ -416,14 +416,15 @@ bool decodeSliceEndpoint(Reader& r, const json& e, const std::string& path, IPFa
   const json* hints = nullptr;
   std::string cpath = join(path, "conditions");
   std::string hpath = join(path, "hints");
-  return r.object(e, "conditions", path, conditions) &&
-         r.boolean(*conditions, "ready", cpath, out.ready) &&
-         r.boolean(*conditions, "serving", cpath, out.serving) &&
-         r.boolean(*conditions, "terminating", cpath, out.terminating) &&
-         r.string(e, "nodeName", path, out.nodeName) && r.string(e, "zone", path, out.zone) &&
-         r.object(e, "hints", path, hints) &&
-         decodeHints(r, *hints, hpath, "forZones", out.hintZones) &&
-         decodeHints(r, *hints, hpath, "forNodes", out.hintNodes);
+  std::vector<std::string> zones, nodes;
+  ok = r.object(e, "conditions", path, conditions) && r.boolean(*conditions, "ready", cpath, out.ready) &&
+       r.boolean(*conditions, "serving", cpath, out.serving) &&
+       r.boolean(*conditions, "terminating", cpath, out.terminating) &&
+       r.string(e, "nodeName", path, out.nodeName) && r.string(e, "zone", path, out.zone) &&
+       r.object(e, "hints", path, hints) && decodeHints(r, *hints, hpath, "forZones", zones) &&
+       decodeHints(r, *hints, hpath, "forNodes", nodes);
+  out.hints = EndpointHints(std::move(zones), std::move(nodes));
+  return ok;
 }
 
 constexpr std::string_view kServiceNameLabel = "kubernetes.io/service-name";

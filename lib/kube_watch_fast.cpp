@@ -240,15 +240,17 @@ class SliceEventReader {
   bool hints(dom::element v, Endpoint& ep) {
     dom::object obj;
     if (!object(v, obj)) return false;
-    return members(obj, {"forZones", "forNodes"}, [&](size_t key, dom::element m) {
-      auto& out = key == 0 ? ep.hintZones : ep.hintNodes;
+    std::vector<std::string> lists[2] = {ep.hints.zones(), ep.hints.nodes()};
+    bool ok = members(obj, {"forZones", "forNodes"}, [&](size_t key, dom::element m) {
       return elements(m, [&](dom::element h) {
         dom::object hint;
         if (!object(h, hint)) return false;
-        std::string& name = out.emplace_back();  // a hint without a name is an empty name, as in the DOM
+        std::string& name = lists[key].emplace_back();  // a hint without a name is an empty name, as in the DOM
         return members(hint, {"name"}, [&](size_t, dom::element n) { return string(n, name); });
       });
     });
+    ep.hints = EndpointHints(std::move(lists[0]), std::move(lists[1]));
+    return ok;
   }
 
   WatchEventType type_ = WatchEventType::kAdded;

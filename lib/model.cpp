@@ -40,6 +40,29 @@ Result<Protocol> parseProtocol(std::string_view s) {
   return Status(Code::kInvalidArgument, fmt::format("unsupported protocol \"{}\"", s));
 }
 
+EndpointHints::EndpointHints(std::vector<std::string> zones, std::vector<std::string> nodes) {
+  if (!zones.empty() || !nodes.empty()) lists_ = std::make_unique<Lists>(Lists{std::move(zones), std::move(nodes)});
+}
+
+EndpointHints::EndpointHints(const EndpointHints& other)
+    : lists_(other.lists_ ? std::make_unique<Lists>(*other.lists_) : nullptr) {}
+
+EndpointHints& EndpointHints::operator=(const EndpointHints& other) {
+  if (this != &other) lists_ = other.lists_ ? std::make_unique<Lists>(*other.lists_) : nullptr;
+  return *this;
+}
+
+namespace {
+const std::vector<std::string> kNoNames;
+}  // namespace
+
+const std::vector<std::string>& EndpointHints::zones() const { return lists_ ? lists_->zones : kNoNames; }
+const std::vector<std::string>& EndpointHints::nodes() const { return lists_ ? lists_->nodes : kNoNames; }
+
+bool EndpointHints::operator==(const EndpointHints& other) const {
+  return zones() == other.zones() && nodes() == other.nodes();
+}
+
 void Snapshot::upsertService(Service svc) {
   dirty_.insert(svc.id);
   auto id = svc.id;
@@ -52,28 +75,31 @@ void Snapshot::removeService(const ObjectName& id) {
 
 void Snapshot::upsertSlice(EndpointSlice slice) {
   ObjectName svc{slice.id.ns, slice.serviceName};
-  auto owner = sliceOwner_.find(slice.id);
-  if (owner != sliceOwner_.end() && !(owner->second == svc)) {
-    // The slice moved to another Service (label edited): both Services change.
-    slices_[owner->second].erase(slice.id);
-    dirty_.insert(owner->second);
-  }
-  sliceOwner_[slice.id] = svc;
+  auto [owner, fresh] = sliceOwner_.try_emplace(slice.id, nullptr);
+  // The slice moved to another Service (label edited): both Services change.
+  if (!fresh && !(*owner->second == svc)) unfile(slice.id, *owner->second);
   dirty_.insert(svc);
+  auto& filed = *slices_.try_emplace(svc).first;
+  owner->second = &filed.first;
   auto id = slice.id;
-  slices_[svc][id] = std::move(slice);
+  filed.second[id] = std::move(slice);
 }
 
 void Snapshot::removeSlice(const ObjectName& sliceId) {
   auto owner = sliceOwner_.find(sliceId);
   if (owner == sliceOwner_.end()) return;
-  auto it = slices_.find(owner->second);
-  if (it != slices_.end()) {
-    it->second.erase(sliceId);
-    if (it->second.empty()) slices_.erase(it);
-  }
-  dirty_.insert(owner->second);
+  unfile(sliceId, *owner->second);
   sliceOwner_.erase(owner);
+}
+
+// Takes the slice out of its Service's map and drops the map when it was the last one, which
+// ends the life of the key `service` refers to.
+void Snapshot::unfile(const ObjectName& sliceId, const ObjectName& service) {
+  dirty_.insert(service);
+  auto it = slices_.find(service);
+  if (it == slices_.end()) return;
+  it->second.erase(sliceId);
+  if (it->second.empty()) slices_.erase(it);
 }
 
 void Snapshot::clear() {
@@ -97,7 +123,7 @@ const std::map<ObjectName, EndpointSlice>& Snapshot::slicesFor(const ObjectName&
 
 const ObjectName* Snapshot::sliceService(const ObjectName& sliceId) const {
   auto it = sliceOwner_.find(sliceId);
-  return it == sliceOwner_.end() ? nullptr : &it->second;
+  return it == sliceOwner_.end() ? nullptr : it->second;
 }
 
 std::set<ObjectName> Snapshot::takeDirty() { return std::exchange(dirty_, {}); }

@@ -6,6 +6,7 @@
 #include <array>
 #include <numeric>
 #include <tuple>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
@@ -200,11 +201,11 @@ std::vector<ResolvedEndpoint> resolveEndpoints(const Service& svc, const Service
       r.local = !cfg.nodeName.empty() && e.nodeName == cfg.nodeName;
       r.nodeUnknown = e.nodeName.empty();
       if (zoneHints) {
-        r.hinted = !e.hintZones.empty();
-        r.hintedHere = names(e.hintZones, cfg.zone);
+        r.hinted = !e.hints.zones().empty();
+        r.hintedHere = names(e.hints.zones(), cfg.zone);
       } else if (nodeHints) {
-        r.hinted = !e.hintNodes.empty();
-        r.hintedHere = names(e.hintNodes, cfg.nodeName);
+        r.hinted = !e.hints.nodes().empty();
+        r.hintedHere = names(e.hints.nodes(), cfg.nodeName);
       }
       r.weight = e.weight;
       out.push_back(r);
@@ -642,6 +643,13 @@ nft::Set endpointsMapObject(const ProxyConfig& cfg, uint32_t shard) {
   return m;
 }
 
+// The element of `f` with key `k`, nullptr if it has none (a fragment holds a few elements).
+const Element* findElement(const ServiceFragment& f, const Planner::ElementKey& k) {
+  for (const auto& e : f.elements)
+    if (e.set == k.set && e.element.key == k.key) return &e.element;
+  return nullptr;
+}
+
 // Element batches by set, in set-name order (the order of the batch's element messages).
 using ElementsBySet = std::map<std::string, std::vector<Element>>;
 
@@ -825,10 +833,17 @@ Planner::Plan Planner::planFull(const Snapshot& snapshot) {
     for (const auto& fc : f.chains)
       if (fc.usesSlotMap()) slotCounts[fc.shard] += fc.slots.size();
   }
+  // Ownership first, in a pass of its own: the owner table outlives the plan (commit() keeps
+  // it), and its nodes, allocated between the transaction's objects that are freed after the
+  // commit, kept most of those pages resident (≈ 10 MiB of RSS at 10 000 Services).
+  plan.elements.reserve(elementCount);
+  for (const auto& [id, f] : plan.fragments)
+    for (const auto& e : f.elements) addOwner(plan.elements[ElementKey{e.set, e.element.key}].owners, id);
   std::vector<std::vector<Element>> slots(plan.endpointShards);
   for (uint32_t k = 0; k < plan.endpointShards; ++k) slots[k].reserve(slotCounts[k]);
   std::array<std::vector<Element>, kSharedSets> shared;
-  plan.elements.reserve(elementCount);
+  std::unordered_set<ElementKey, ElementKeyHash> listed;  // each key once, whoever contributes it
+  listed.reserve(plan.elements.size());
   nft::Transaction rules;
   for (const auto& [id, f] : plan.fragments) {
     for (const auto& fc : f.chains) {
@@ -838,14 +853,8 @@ Planner::Plan Planner::planFull(const Snapshot& snapshot) {
       if (fc.usesSlotMap())
         for (uint32_t i = 0; i < fc.slots.size(); ++i) addSlotElement(fc, i, slots[fc.shard]);
     }
-    for (const auto& e : f.elements) {
-      auto [it, added] = plan.elements.try_emplace(ElementKey{e.set, e.element.key});
-      if (added) {
-        it->second.element = e.element;
-        shared[size_t(e.set)].push_back(e.element);
-      }
-      addOwner(it->second.owners, id);
-    }
+    for (const auto& e : f.elements)
+      if (listed.insert(ElementKey{e.set, e.element.key}).second) shared[size_t(e.set)].push_back(e.element);
   }
   for (auto& r : base.rules) tx.add(std::move(r));
   tx.append(std::move(rules));
@@ -974,17 +983,20 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
   for (const auto& id : ids)
     for (const auto& e : oldOf(id).elements) removeOwner(state({e.set, e.element.key}).owners, id);
   for (const auto& id : ids)
-    for (const auto& e : newOf(id).elements) {
-      ElementState& s = state({e.set, e.element.key});
-      if (s.owners.empty()) s.element = e.element;
-      addOwner(s.owners, id);
-    }
+    for (const auto& e : newOf(id).elements) addOwner(state({e.set, e.element.key}).owners, id);
+  // An element's value is its first owner's (see committedElement()), re-planned or not.
+  auto valueAfter = [&](const ElementKey& k, const ElementState& s) -> const Element* {
+    if (s.owners.empty()) return nullptr;
+    auto f = plan.fragments.find(s.owners.front());
+    if (f != plan.fragments.end()) return findElement(f->second, k);
+    auto c = fragments_.find(s.owners.front());  // an owner that was not re-planned
+    return c == fragments_.end() ? nullptr : findElement(c->second, k);
+  };
   ElementsBySet dels, adds;
   for (const auto* entry : order) {
     const auto& [k, s] = *entry;
-    auto cur = elements_.find(k);
-    const Element* was = cur == elements_.end() ? nullptr : &cur->second.element;
-    const Element* now = s.owners.empty() ? nullptr : &s.element;
+    const Element* was = committedElement(k);
+    const Element* now = valueAfter(k, s);
     if (was && (!now || !(*was == *now))) dels[names::sharedSet(k.set)].push_back(*was);
     if (now && (!was || !(*was == *now))) adds[names::sharedSet(k.set)].push_back(*now);
   }
@@ -1040,6 +1052,13 @@ void Planner::reset() {
   elements_.clear();
   blocked_.clear();
   committed_ = false;
+}
+
+const Element* Planner::committedElement(const ElementKey& k) const {
+  auto owners = elements_.find(k);
+  if (owners == elements_.end() || owners->second.owners.empty()) return nullptr;
+  auto f = fragments_.find(owners->second.owners.front());
+  return f == fragments_.end() ? nullptr : findElement(f->second, k);
 }
 
 std::map<ObjectName, std::vector<Problem>> Planner::problems() const {

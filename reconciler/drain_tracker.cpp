@@ -162,7 +162,9 @@ void DrainTracker::afterCommit(const CommitInfo& info) {
     }
     for (const auto& ref : refs) views_.erase(ref);
     for (auto& [ref, v] : next) {
-      if (ref.protocol != Protocol::kUDP) v.serving = {};  // see PortView
+      // `= {}` would pick operator=(initializer_list) and keep the capacity (2 MB at 10 000
+      // Services); a fresh vector releases it.
+      if (ref.protocol != Protocol::kUDP) v.serving = std::vector<EndpointAddr>();  // see PortView
       views_[ref] = std::move(v);
     }
   }

@@ -47,6 +47,7 @@ class StateStore::SourceSink : public StateSink {
     std::lock_guard lock(store_.mu_);
     store_.problems_.erase(object);
   }
+  const std::string& name() const { return name_; }
 
  private:
   template <class Fn>
@@ -73,6 +74,7 @@ StateSink& StateStore::sink(const std::string& sourceName) {
   if (!slot) {
     slot = std::make_unique<SourceSink>(*this, sourceName);
     sources_.emplace(sourceName, SourceState{});
+    if (!defaultOwner_) defaultOwner_ = &slot->name();
   }
   return *slot;
 }
@@ -103,22 +105,35 @@ std::map<std::string, std::vector<Problem>> StateStore::problems() const {
   return problems_;
 }
 
+const std::string* StateStore::ownerOf(const OwnerMap& owners, const ObjectName& id, bool present) const {
+  auto it = owners.find(id);
+  if (it != owners.end()) return it->second;
+  return present ? defaultOwner_ : nullptr;  // everything in the Snapshot came from a sink
+}
+
+void StateStore::setOwner(OwnerMap& owners, const ObjectName& id, const std::string& src) {
+  if (&src == defaultOwner_)
+    owners.erase(id);
+  else
+    owners[id] = &src;
+}
+
 std::string StateStore::serviceOwner(const ObjectName& id) const {
   std::lock_guard lock(mu_);
-  auto it = serviceOwner_.find(id);
-  return it == serviceOwner_.end() ? "" : *it->second;
+  const std::string* owner = ownerOf(serviceOwner_, id, snapshot_.service(id) != nullptr);
+  return owner ? *owner : "";
 }
 
 std::string StateStore::sliceOwner(const ObjectName& id) const {
   std::lock_guard lock(mu_);
-  auto it = sliceOwner_.find(id);
-  return it == sliceOwner_.end() ? "" : *it->second;
+  const std::string* owner = ownerOf(sliceOwner_, id, snapshot_.sliceService(id) != nullptr);
+  return owner ? *owner : "";
 }
 
 // An identical re-delivery (every relist re-sends everything) is not a change: it would only
 // make the planner re-plan Services that did not change.
 bool StateStore::upsertService(const std::string& src, Service svc) {
-  serviceOwner_[svc.id] = &src;
+  setOwner(serviceOwner_, svc.id, src);
   const Service* old = snapshot_.service(svc.id);
   if (old && *old == svc) return false;
   snapshot_.upsertService(std::move(svc));
@@ -127,15 +142,15 @@ bool StateStore::upsertService(const std::string& src, Service svc) {
 
 // A source removes only what it delivered: another source's object of the same name stays.
 bool StateStore::removeService(const std::string& src, const ObjectName& id) {
-  auto it = serviceOwner_.find(id);
-  if (it == serviceOwner_.end() || *it->second != src) return false;
-  serviceOwner_.erase(it);
+  const std::string* owner = ownerOf(serviceOwner_, id, snapshot_.service(id) != nullptr);
+  if (!owner || *owner != src) return false;
+  serviceOwner_.erase(id);
   snapshot_.removeService(id);
   return true;
 }
 
 bool StateStore::upsertSlice(const std::string& src, EndpointSlice slice) {
-  sliceOwner_[slice.id] = &src;
+  setOwner(sliceOwner_, slice.id, src);
   ObjectName svc{slice.id.ns, slice.serviceName};
   const ObjectName* filed = snapshot_.sliceService(slice.id);
   if (filed && *filed == svc) {
@@ -148,24 +163,25 @@ bool StateStore::upsertSlice(const std::string& src, EndpointSlice slice) {
 }
 
 bool StateStore::removeSlice(const std::string& src, const ObjectName& id) {
-  auto it = sliceOwner_.find(id);
-  if (it == sliceOwner_.end() || *it->second != src) return false;
-  sliceOwner_.erase(it);
+  const std::string* owner = ownerOf(sliceOwner_, id, snapshot_.sliceService(id) != nullptr);
+  if (!owner || *owner != src) return false;
+  sliceOwner_.erase(id);
   snapshot_.removeSlice(id);
   return true;
 }
 
 namespace {
 
-// replace*() of one source: remove what it owns and no longer lists, then upsert the rest.
-template <class T, class Remove, class Upsert>
-bool replaceOwned(const std::string& src, std::vector<T> all, const std::map<ObjectName, const std::string*>& owners,
-                  Remove&& remove, Upsert&& upsert) {
+// replace*() of one source: remove what it owns and no longer lists (`owned` calls its argument
+// with every object it owns), then upsert the rest.
+template <class T, class Owned, class Remove, class Upsert>
+bool replaceOwned(std::vector<T> all, Owned&& owned, Remove&& remove, Upsert&& upsert) {
   std::set<ObjectName> keep;
   for (const auto& x : all) keep.insert(x.id);
   std::vector<ObjectName> gone;
-  for (const auto& [id, owner] : owners)
-    if (*owner == src && !keep.count(id)) gone.push_back(id);
+  owned([&](const ObjectName& id) {
+    if (!keep.count(id)) gone.push_back(id);
+  });
   bool did = false;
   for (const auto& id : gone) did |= remove(id);
   for (auto& x : all) did |= upsert(std::move(x));
@@ -175,14 +191,23 @@ bool replaceOwned(const std::string& src, std::vector<T> all, const std::map<Obj
 }  // namespace
 
 bool StateStore::replaceServices(const std::string& src, std::vector<Service> all) {
+  auto owned = [&](auto&& fn) {
+    for (const auto& [id, _] : snapshot_.services())
+      if (*ownerOf(serviceOwner_, id, true) == src) fn(id);
+  };
   return replaceOwned(
-      src, std::move(all), serviceOwner_, [&](const ObjectName& id) { return removeService(src, id); },
+      std::move(all), owned, [&](const ObjectName& id) { return removeService(src, id); },
       [&](Service x) { return upsertService(src, std::move(x)); });
 }
 
 bool StateStore::replaceSlices(const std::string& src, std::vector<EndpointSlice> all) {
+  auto owned = [&](auto&& fn) {
+    for (const auto& [service, slices] : snapshot_.slices())
+      for (const auto& [id, _] : slices)
+        if (*ownerOf(sliceOwner_, id, true) == src) fn(id);
+  };
   return replaceOwned(
-      src, std::move(all), sliceOwner_, [&](const ObjectName& id) { return removeSlice(src, id); },
+      std::move(all), owned, [&](const ObjectName& id) { return removeSlice(src, id); },
       [&](EndpointSlice x) { return upsertSlice(src, std::move(x)); });
 }
 

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -83,16 +84,43 @@ struct EndpointPort {
   bool operator==(const EndpointPort&) const = default;
 };
 
+// Topology hints of an endpoint (`hints.forZones[].name`, `hints.forNodes[].name`). Most
+// endpoints carry none, so the lists live out of line and an endpoint without hints pays one
+// pointer (two empty vectors took 48 bytes: 4.8 MB at 100 000 endpoints). A plain value:
+// copies are deep, equality compares the lists.
+class EndpointHints {
+ public:
+  EndpointHints() = default;
+  EndpointHints(std::vector<std::string> zones, std::vector<std::string> nodes);
+  EndpointHints(const EndpointHints& other);
+  EndpointHints& operator=(const EndpointHints& other);
+  EndpointHints(EndpointHints&&) noexcept = default;
+  EndpointHints& operator=(EndpointHints&&) noexcept = default;
+
+  const std::vector<std::string>& zones() const;
+  const std::vector<std::string>& nodes() const;
+  bool empty() const { return !lists_; }
+  bool operator==(const EndpointHints& other) const;
+
+ private:
+  struct Lists {
+    std::vector<std::string> zones;
+    std::vector<std::string> nodes;
+  };
+  std::unique_ptr<Lists> lists_;  // nullptr: no hint of either kind
+};
+
+// 104 bytes: the small fields share one 8-byte word, hints are out of line (a store holds
+// 100 000 endpoints at 10 000 Services).
 struct Endpoint {
   std::vector<IPAddress> addresses;  // only the first is used, as Kubernetes does
   bool ready = true;                 // conditions.ready, nil ⇒ true
   bool serving = true;               // conditions.serving, nil ⇒ true
   bool terminating = false;          // conditions.terminating, nil ⇒ false
+  uint32_t weight = 1;  // sluice extension for library users; Kubernetes endpoints weigh 1
   std::string nodeName;
   std::string zone;
-  std::vector<std::string> hintZones;
-  std::vector<std::string> hintNodes;
-  uint32_t weight = 1;  // sluice extension for library users; Kubernetes endpoints weigh 1
+  EndpointHints hints;
   bool operator==(const Endpoint&) const = default;
 };
 
@@ -122,6 +150,8 @@ class Snapshot {
   const std::map<ObjectName, EndpointSlice>& slicesFor(const ObjectName& service) const;
   // The Service a slice is filed under; nullptr if there is no such slice.
   const ObjectName* sliceService(const ObjectName& sliceId) const;
+  // Every slice, by the Service it is filed under, then by slice name.
+  const std::map<ObjectName, std::map<ObjectName, EndpointSlice>>& slices() const { return slices_; }
 
   std::set<ObjectName> takeDirty();
   const std::set<ObjectName>& dirty() const { return dirty_; }
@@ -130,8 +160,11 @@ class Snapshot {
  private:
   std::map<ObjectName, Service> services_;
   std::map<ObjectName, std::map<ObjectName, EndpointSlice>> slices_;  // by service
-  std::map<ObjectName, ObjectName> sliceOwner_;                       // slice → service
+  // slice → the key of its Service's entry in slices_ (a pointer, not a copy: one per slice)
+  std::map<ObjectName, const ObjectName*> sliceOwner_;
   std::set<ObjectName> dirty_;
+
+  void unfile(const ObjectName& sliceId, const ObjectName& service);
 };
 
 }  // namespace sluice

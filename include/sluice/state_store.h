@@ -80,15 +80,23 @@ class StateStore {
   void changed(bool didChange);  // records the change time (under mu_)
   void notify();                 // outside mu_
 
+  using OwnerMap = std::map<ObjectName, const std::string*>;
+  // Owner of an object (nullptr: none), `present` saying whether the Snapshot has it.
+  const std::string* ownerOf(const OwnerMap& owners, const ObjectName& id, bool present) const;
+  void setOwner(OwnerMap& owners, const ObjectName& id, const std::string& src);
+
   mutable std::mutex mu_;
   Snapshot snapshot_;
   std::map<std::string, std::unique_ptr<SourceSink>> sinks_;
   std::map<std::string, SourceState> sources_;
   // Owner of each object: the name of the source's sink (stable: sinks are never removed), so
-  // 10 000 objects do not hold 10 000 copies of a file path. Which Service a slice is filed
+  // 10 000 objects do not hold 10 000 copies of a file path. Objects of the first source
+  // attached (`defaultOwner_`) have no entry: with one source, the usual case, every object
+  // would otherwise cost a map node (2 MB at 10 000 Services). Which Service a slice is filed
   // under is the Snapshot's (sliceService()).
-  std::map<ObjectName, const std::string*> serviceOwner_;
-  std::map<ObjectName, const std::string*> sliceOwner_;
+  const std::string* defaultOwner_ = nullptr;
+  OwnerMap serviceOwner_;
+  OwnerMap sliceOwner_;
   std::map<std::string, std::vector<Problem>> problems_;
   std::optional<Clock::time_point> oldestChange_;
   std::mutex callbackMu_;  // guards onChange_ and is held while it runs

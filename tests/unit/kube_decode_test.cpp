@@ -350,14 +350,14 @@ TEST_CASE("kube decode: captured and synthesized EndpointSlices") {
     CHECK(s.addressType == IPFamily::kV6);
     CHECK(s.serviceName == "web");
     REQUIRE(s.endpoints.size() == 2);
-    CHECK(s.endpoints[0].hintZones == std::vector<std::string>{"zone-1"});
-    CHECK(s.endpoints[0].hintNodes == std::vector<std::string>{"node-a"});
+    CHECK(s.endpoints[0].hints.zones() == std::vector<std::string>{"zone-1"});
+    CHECK(s.endpoints[0].hints.nodes() == std::vector<std::string>{"node-a"});
     CHECK(s.endpoints[1].addresses == std::vector<IPAddress>{ip("fd00:10:244:2::9")});
     CHECK(s.endpoints[1].ready);  // conditions {}: nil ⇒ ready, serving, not terminating
     CHECK(s.endpoints[1].serving);
     CHECK_FALSE(s.endpoints[1].terminating);
-    CHECK(s.endpoints[1].hintZones == std::vector<std::string>{"zone-2"});
-    CHECK(s.endpoints[1].hintNodes.empty());
+    CHECK(s.endpoints[1].hints.zones() == std::vector<std::string>{"zone-2"});
+    CHECK(s.endpoints[1].hints.nodes().empty());
     CHECK(s.ports[1] == EndpointPort{"dns", Protocol::kUDP, 5353});
   }
   SUBCASE("GKE terminating endpoint") {
@@ -413,8 +413,8 @@ TEST_CASE("kube decode: all-fields EndpointSlice is checked field by field") {
   CHECK(e.terminating);
   CHECK(e.nodeName == "nodeNameValue");
   CHECK(e.zone == "zoneValue");
-  CHECK(e.hintZones == std::vector<std::string>{"nameValue"});
-  CHECK(e.hintNodes == std::vector<std::string>{"nameValue"});
+  CHECK(e.hints.zones() == std::vector<std::string>{"nameValue"});
+  CHECK(e.hints.nodes() == std::vector<std::string>{"nameValue"});
 }
 
 TEST_CASE("kube decode: EndpointSlice port and condition edge cases") {

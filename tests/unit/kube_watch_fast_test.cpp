@@ -132,8 +132,8 @@ TEST_CASE("kube watch fast path: the rich slice is decoded in full") {
   CHECK(out.events[0].type == WatchEventType::kModified);
   CHECK(out.events[0].resourceVersion == "77");
   REQUIRE(s.endpoints.size() == 2);
-  CHECK(s.endpoints[0].hintZones == std::vector<std::string>{"z1"});
-  CHECK(s.endpoints[0].hintNodes == std::vector<std::string>{"n1"});
+  CHECK(s.endpoints[0].hints.zones() == std::vector<std::string>{"z1"});
+  CHECK(s.endpoints[0].hints.nodes() == std::vector<std::string>{"n1"});
   CHECK(s.endpoints[0].zone == "z1");
   CHECK_FALSE(s.endpoints[1].ready);
   CHECK(s.endpoints[1].serving);

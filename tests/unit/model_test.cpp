@@ -22,6 +22,7 @@ TEST_CASE("model: Snapshot marks exactly the Services whose inputs changed") {
   CHECK(s.takeDirty() == std::set<ObjectName>{{"ns", "a"}, {"ns", "b"}});
   CHECK(s.slicesFor({"ns", "a"}).empty());
   CHECK(s.slicesFor({"ns", "b"}).size() == 1);
+  CHECK(s.slices().count({"ns", "a"}) == 0);  // the emptied map is dropped
   REQUIRE(s.sliceService({"ns", "a-1"}) != nullptr);
   CHECK(*s.sliceService({"ns", "a-1"}) == ObjectName{"ns", "b"});
 
@@ -37,6 +38,28 @@ TEST_CASE("model: Snapshot marks exactly the Services whose inputs changed") {
   s.removeService({"ns", "a"});
   CHECK(s.takeDirty() == std::set<ObjectName>{{"ns", "a"}});
   CHECK(s.services().empty());
+}
+
+TEST_CASE("model: EndpointHints is a value; none of either kind is empty") {
+  EndpointHints none({}, {});
+  CHECK(none.empty());
+  CHECK(none == EndpointHints());
+  CHECK(none.zones().empty());
+  EndpointHints a({"zone-a"}, {});
+  CHECK_FALSE(a.empty());
+  CHECK(a.zones() == std::vector<std::string>{"zone-a"});
+  CHECK(a.nodes().empty());
+  EndpointHints b = a;  // a deep copy: equal, and not the same lists
+  CHECK(b == a);
+  CHECK(&b.zones() != &a.zones());
+  b = EndpointHints({"zone-a"}, {"node-1"});
+  CHECK_FALSE(b == a);
+  Endpoint x, y;
+  x.hints = a;
+  y.hints = EndpointHints({"zone-a"}, {});
+  CHECK(x == y);  // compared by content, as a re-delivered slice must be
+  y.hints = none;
+  CHECK_FALSE(x == y);
 }
 
 TEST_CASE("model: protocol names") {

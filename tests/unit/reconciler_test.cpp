@@ -95,6 +95,43 @@ TEST_CASE("StateStore: one source's replace never removes another source's objec
   store.withSnapshot([&](Snapshot& s) { CHECK(s.service({"default", "web"}) != nullptr); });
 }
 
+// The store records no owner for the objects of the first source attached (it is implied by the
+// Snapshot); taking an object over and giving it back must still move it between sources.
+TEST_CASE("StateStore: the last source to deliver an object owns it, the first source attached too") {
+  StateStore store;
+  StateSink& file = store.sink("file");
+  StateSink& leases = store.sink("leases");
+  auto present = [&] { return store.withSnapshot([](Snapshot& s) { return s.service({"default", "web"}) != nullptr; }); };
+  file.upsertService(web());
+  CHECK(store.serviceOwner({"default", "web"}) == "file");
+  leases.upsertService(web());
+  CHECK(store.serviceOwner({"default", "web"}) == "leases");
+  file.replaceServices({});  // not the file's any more: stays
+  file.removeService({"default", "web"});
+  CHECK(present());
+  file.upsertService(web());
+  CHECK(store.serviceOwner({"default", "web"}) == "file");
+  leases.replaceServices({});  // not the leases' any more: stays
+  CHECK(present());
+  file.replaceServices({});
+  CHECK_FALSE(present());
+  CHECK(store.serviceOwner({"default", "web"}).empty());
+
+  file.upsertSlice(webSlice({endpoint("198.18.1.11")}, "web-1"));
+  file.upsertSlice(webSlice({endpoint("198.18.1.12")}, "web-2"));
+  leases.upsertSlice(webSlice({endpoint("198.18.1.12")}, "web-2"));
+  file.replaceSlices({webSlice({endpoint("198.18.1.13")}, "web-3")});
+  CHECK(store.sliceOwner({"default", "web-1"}).empty());
+  CHECK(store.sliceOwner({"default", "web-2"}) == "leases");
+  CHECK(store.sliceOwner({"default", "web-3"}) == "file");
+  store.withSnapshot([&](Snapshot& s) {
+    const auto& slices = s.slicesFor({"default", "web"});
+    CHECK(slices.size() == 2);
+    CHECK(slices.count({"default", "web-2"}) == 1);
+    CHECK(s.slices().size() == 1);
+  });
+}
+
 TEST_CASE("StateStore: identical re-delivery is not a change; problems are kept per object") {
   StateStore store;
   int wakes = 0;

@@ -109,10 +109,8 @@ TEST_CASE("semantics: topology hints narrow the cluster set only when every read
   // resolveEndpoints reads the hints the Service asks for.
   Service svc = clusterIPService("ns", "t", "198.18.100.1", {{"", Protocol::kTCP, 80, 0}});
   Endpoint here = endpoint("198.18.1.1"), there = endpoint("198.18.1.2");
-  here.hintZones = {"zone-a"};
-  there.hintZones = {"zone-b"};
-  here.hintNodes = {"node-b"};
-  there.hintNodes = {"node-a"};
+  here.hints = EndpointHints({"zone-a"}, {"node-b"});
+  there.hints = EndpointHints({"zone-b"}, {"node-a"});
   std::map<ObjectName, EndpointSlice> slices = {
       {{"ns", "t-1"}, slice("ns", "t-1", "t", {{"", Protocol::kTCP, 80}}, {here, there})}};
   ProxyConfig cfg = config();
