@@ -204,6 +204,7 @@ class BatchWriter {
     return nlh;
   }
   void end(nlmsghdr* nlh) {
+    if (messages_ == 0) firstBytes_ = nlh->nlmsg_len;
     used_ += NLMSG_ALIGN(nlh->nlmsg_len);
     ++messages_;
   }
@@ -220,6 +221,7 @@ class BatchWriter {
   }
   uint32_t nextSetId() { return ++setId_; }
   size_t messages() const { return messages_; }
+  size_t firstMessageBytes() const { return firstBytes_; }
   const std::vector<size_t>& seqToOp() const { return seqToOp_; }
 
  private:
@@ -233,6 +235,7 @@ class BatchWriter {
   uint32_t seq_;
   uint32_t setId_ = 0;
   size_t messages_ = 0;
+  size_t firstBytes_ = 0;
   std::vector<size_t> seqToOp_;  // index = seq - first command seq
 };
 
@@ -556,6 +559,7 @@ struct Encoded {
   std::vector<size_t> seqToOp;
   uint32_t firstSeq = 0;
   size_t messages = 0;
+  size_t firstMessageBytes = 0;
 };
 
 Result<Encoded> encodeTx(const Transaction& tx, uint32_t seqBase) {
@@ -570,6 +574,7 @@ Result<Encoded> encodeTx(const Transaction& tx, uint32_t seqBase) {
   w.batchEnd();
   enc.seqToOp = w.seqToOp();
   enc.messages = w.messages();
+  enc.firstMessageBytes = w.firstMessageBytes();
   return enc;
 }
 
@@ -745,7 +750,9 @@ Status NetlinkBackend::apply(const Transaction& tx) {
   auto isCommand = [&](uint32_t seq) { return seq >= enc->firstSeq && seq < lastSeq; };
 
   if (enc->messages > 0) {
-    im.transport->reserve(enc->batch.size(), enc->messages);
+    // Room for the echo of the first command too: one notification per object, for a chunk of
+    // elements a few times the request's bytes in skb truesize.
+    im.transport->reserve(enc->batch.size(), enc->messages + 1 + enc->firstMessageBytes * 8 / kAckBudget);
     if (Status st = im.transport->send(enc->batch.data(), enc->batch.size()); !st)
       return st.withContext(fmt::format("batch of {} messages", enc->messages));
 

@@ -848,4 +848,14 @@ TEST_CASE("kernel: every commit reports the ruleset generation it produced") {
   CHECK_FALSE(kernel->apply(bad).isOk());
   CHECK_FALSE(kernel->lastGeneration().has_value());
   CHECK(kernel->generation().value() == *full.generation + 2);
+
+  // A batch that starts with a full chunk of elements gets that chunk's notifications echoed
+  // as well; the receive buffer has room for them next to the ACKs.
+  nft::Elements many{proxyConfig().table(), "cluster-ips", {}};
+  for (int i = 0; i < 4000; ++i) many.elements.push_back({nft::Bytes{198, 19, uint8_t(100 + i / 250), uint8_t(i % 250)}, {}, {}, ""});
+  nft::Transaction bulk;
+  bulk.add(many);
+  Status added = kernel->apply(bulk);
+  REQUIRE_MESSAGE(added.isOk(), added.toString());
+  CHECK(kernel->lastGeneration() == std::optional<uint32_t>(*full.generation + 3));
 }
