@@ -52,6 +52,7 @@ class Daemon;
 struct Plane : SyncObserver, CommitListener {
   Daemon* daemon = nullptr;
   ProxyConfig cfg;
+  nft::TableRef table;  // cfg.table(), fixed for the daemon's life (the drift callback reads it)
   // Declaration order is teardown order reversed: the runner goes before the drain tracker
   // it calls and the store and DataPlane it uses.
   std::unique_ptr<nft::NetlinkBackend> backend;
@@ -213,6 +214,7 @@ Status Daemon::openPlanes() {
     auto plane = std::make_unique<Plane>();
     plane->daemon = this;
     plane->cfg = toProxyConfig(options_, family);
+    plane->table = plane->cfg.table();
     auto backend = nft::NetlinkBackend::open({options_.netns});
     if (!backend) return backend.status().withContext(fmt::format("opening nftables netlink for {}", familyName(family)));
     plane->backend = std::move(backend).value();
@@ -241,7 +243,7 @@ void Daemon::openDriftMonitor() {
   opt.netns = options_.netns;
   std::vector<uint32_t> ports;
   for (auto& plane : planes_) {
-    opt.tables.push_back(plane->cfg.table());
+    opt.tables.push_back(plane->table);
     ports.push_back(plane->backend->portId());
   }
   opt.isOwnPort = [ports](uint32_t p) { return std::find(ports.begin(), ports.end(), p) != ports.end(); };
@@ -258,7 +260,7 @@ void Daemon::openDriftMonitor() {
 void Daemon::onDrift(const DriftEvent& event) {
   std::lock_guard lock(runnersMu_);
   for (auto& plane : planes_) {
-    if (event.table && *event.table != plane->cfg.table()) continue;
+    if (event.table && *event.table != plane->table) continue;
     ++plane->driftRepairs;
     if (plane->runner) plane->runner->requestFullSync();
   }
