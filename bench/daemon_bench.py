@@ -29,6 +29,11 @@ absolute numbers depend on the machine and its load; nothing here asserts a time
 
   sudo bench/daemon_bench.py --build build                       # 1000 and 10000 Services
   sudo bench/daemon_bench.py --build build --ladder 1000,3000,10000 --repeat 3
+  sudo bench/daemon_bench.py --build build --baseline /tmp/old/build --ladder 10000 --repeat 5
+
+--baseline DIR runs a second sluiced (say, the previous commit's) in alternation with the first,
+same sizes, one fresh namespace each, and adds a table of both with their ratio: on a shared
+machine only such a same-run comparison says whether a change made sluiced faster.
 """
 
 from __future__ import annotations
@@ -160,9 +165,10 @@ def read_status(nss: compare.Namespaces, ns: str, port: int) -> dict | None:
         return None
 
 
-def run_start(kind: str, w: compare.Workload, manifest: Path, args, nss, ns: str, workdir: Path) -> dict:
+def run_start(kind: str, w: compare.Workload, manifest: Path, args, nss, ns: str, workdir: Path,
+              sluiced: Path) -> dict:
     """Starts sluiced in `ns`, waits for its first full sync, measures, verifies, stops it."""
-    argv = [str(args.sluiced), "--netns", ns, "--source", f"file:{manifest}", "--hostname-override", "node-0",
+    argv = [str(sluiced), "--netns", ns, "--source", f"file:{manifest}", "--hostname-override", "node-0",
             "--cluster-cidr", compare.CLUSTER_CIDR, "--service-cluster-ip-range", compare.SERVICE_CIDR,
             "--metrics-bind-address", f"127.0.0.1:{args.port}", "--healthz-bind-address", "127.0.0.1:10256",
             "--log-format", "json", "--log-level", "debug"]
@@ -211,13 +217,17 @@ def secs(x):
     return "–" if x is None else f"{x:.3f}"
 
 
+def samples_of(size: dict, kind: str, binary: str = "") -> list[dict]:
+    return [x for x in size["samples"] if x["kind"] == kind and x.get("binary", "") == binary]
+
+
 def build_table(sizes: list[dict]) -> str:
     rows = ["| Services × endpoints | start | start → first full sync, s | of which: process / manifest / sync, s "
             "| CPU used, s | VmRSS after, MiB | VmHWM (peak), MiB |",
             "|---|---|---:|---|---:|---:|---:|"]
     for s in sizes:
         for kind in ("fresh", "adopt"):
-            smp = [x for x in s["samples"] if x["kind"] == kind]
+            smp = samples_of(s, kind)
             ok = sum(1 for x in smp if x["status"] == "ok")
             t = median(smp, "start_to_sync_s")
             flag = "" if t is None or s["services"] != 10000 else (" ✓" if t <= P6_SECONDS else " ✗")
@@ -230,6 +240,26 @@ def build_table(sizes: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def build_comparison(sizes: list[dict]) -> str:
+    """Medians of this build and the baseline, run in alternation, and this / baseline."""
+    rows = ["| Services × endpoints | start | start → first full sync, s: baseline → this | ratio "
+            "| sync (plan + commit), s: baseline → this | ratio | CPU used, s: baseline → this | ratio |",
+            "|---|---|---|---:|---|---:|---|---:|"]
+
+    def cell(base, this, key):
+        b, t = median(base, key), median(this, key)
+        ratio = "–" if not b or t is None else f"{t / b:.2f}"
+        return f"{secs(b)} → {secs(t)} | {ratio}"
+
+    for s in sizes:
+        for kind in ("fresh", "adopt"):
+            base, this = samples_of(s, kind, "baseline"), samples_of(s, kind)
+            label = "table absent" if kind == "fresh" else "table present (restart adopts)"
+            cells = [cell(base, this, key) for key in ("start_to_sync_s", "sync_s", "cpu_s")]
+            rows.append(f"| {s['services']:,} × {s['endpoints']} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def write_plot(outdir: Path, sizes: list[dict]):
     dat = outdir / "daemon.dat"
     with open(dat, "w") as f:
@@ -237,7 +267,7 @@ def write_plot(outdir: Path, sizes: list[dict]):
         f.write("# services fresh_s adopt_s fresh_rss_mib fresh_hwm_mib adopt_rss_mib fresh_cpu_s\n")
         for s in sorted(sizes, key=lambda x: x["services"]):
             def v(kind, key, scale=1.0):
-                m = median([x for x in s["samples"] if x["kind"] == kind], key)
+                m = median(samples_of(s, kind), key)
                 return "NaN" if m is None else f"{m / scale:.4f}"
             f.write(f"{s['services']} {v('fresh', 'start_to_sync_s')} {v('adopt', 'start_to_sync_s')} "
                     f"{v('fresh', 'rss_kb', 1024)} {v('fresh', 'hwm_kb', 1024)} {v('adopt', 'rss_kb', 1024)} "
@@ -262,15 +292,43 @@ def parse_args():
     ap.add_argument("--settle", type=float, default=1.0, help="seconds after the first sync before reading memory")
     ap.add_argument("--timeout", type=float, default=120.0, help="give up on a start after this many seconds")
     ap.add_argument("--port", type=int, default=10249, help="admin port inside the namespace")
+    ap.add_argument("--baseline", help="a second CMake build dir whose sluiced runs in alternation (see above)")
     ap.add_argument("--out", default=str(SCRIPT_DIR / "results"))
     return ap.parse_args()
+
+
+def run_pair(label: str, sluiced: Path, rep: int, w: compare.Workload, manifest: Path, args, nss, workdir: Path,
+             entry: dict) -> int:
+    """A fresh start and then an adopting restart of one binary, in a namespace of their own."""
+    rc = 0
+    ns = nss.create()
+    try:
+        for kind in ("fresh", "adopt"):
+            r = run_start(kind, w, manifest, args, nss, ns, workdir, sluiced)
+            r["binary"] = label
+            entry["samples"].append(r)
+            print(f"   #{rep + 1} {kind:5s}{' ' + label if label else ''}: {r['status']:6s} "
+                  f"start→sync {secs(r.get('start_to_sync_s'))} s "
+                  f"(process {secs(r.get('process_start_s'))}, manifest {secs(r.get('load_s'))}, "
+                  f"sync {secs(r.get('sync_s'))}; CPU {secs(r.get('cpu_s'))}), VmRSS {mib(r.get('rss_kb'))} MiB, "
+                  f"VmHWM {mib(r.get('hwm_kb'))} MiB" + (f"  [{r['why']}]" if r.get("why") else ""))
+            if r["status"] != "ok":
+                rc = 1
+    finally:
+        nss.delete(ns)
+    time.sleep(1.0)  # let the namespace's teardown finish before the next start
+    return rc
 
 
 def main() -> int:
     args = parse_args()
     args.sluiced = Path(args.build) / "proxy" / "sluiced"
-    if not args.sluiced.exists():
-        raise SystemExit(f"{args.sluiced} not found: cmake --build {args.build} --target sluiced")
+    binaries = [("", args.sluiced)]
+    if args.baseline:
+        binaries.append(("baseline", Path(args.baseline) / "proxy" / "sluiced"))
+    for _, path in binaries:
+        if not path.exists():
+            raise SystemExit(f"{path} not found: cmake --build {path.parent.parent} --target sluiced")
     if os.geteuid() != 0:
         raise SystemExit("needs root (ip netns add)")
     outdir = Path(args.out)
@@ -294,20 +352,10 @@ def main() -> int:
             entry = {"services": n, "endpoints": w.e, "manifest_bytes": size, "samples": []}
             report["sizes"].append(entry)
             for rep in range(args.repeat):
-                ns = nss.create()
-                try:
-                    for kind in ("fresh", "adopt"):
-                        r = run_start(kind, w, manifest, args, nss, ns, workdir)
-                        entry["samples"].append(r)
-                        print(f"   #{rep + 1} {kind:5s}: {r['status']:6s} start→sync {secs(r.get('start_to_sync_s'))} s "
-                              f"(process {secs(r.get('process_start_s'))}, manifest {secs(r.get('load_s'))}, "
-                              f"sync {secs(r.get('sync_s'))}; CPU {secs(r.get('cpu_s'))}), VmRSS {mib(r.get('rss_kb'))} MiB, "
-                              f"VmHWM {mib(r.get('hwm_kb'))} MiB" + (f"  [{r['why']}]" if r.get("why") else ""))
-                        if r["status"] != "ok":
-                            rc = 1
-                finally:
-                    nss.delete(ns)
-                time.sleep(1.0)  # let the namespace's teardown finish before the next start
+                # With a baseline, the two alternate, and which goes first alternates too.
+                order = binaries if rep % 2 == 0 else binaries[::-1]
+                for label, sluiced in order:
+                    rc = max(rc, run_pair(label, sluiced, rep, w, manifest, args, nss, workdir, entry))
             manifest.unlink()
     except (KeyboardInterrupt, compare.Interrupted) as e:
         print(f"\ninterrupted ({str(e) or 'Ctrl-C'}): cleaning up", file=sys.stderr)
@@ -325,8 +373,13 @@ def main() -> int:
               f"CPU used = user + system time of all sluiced threads until the sync was logged (the "
               f"kernel's commit work included); unlike wall time it barely depends on other load.\n\n"
               + build_table(report["sizes"]) + "\n")
+        if args.baseline:
+            md += (f"\nThis build against the baseline ({args.baseline}), run in alternation in the same "
+                   f"session; ratio = this / baseline, below 1 is faster.\n\n" + build_comparison(report["sizes"]) + "\n")
         (outdir / "daemon.md").write_text(md)
         print("\n" + build_table(report["sizes"]))
+        if args.baseline:
+            print("\n" + build_comparison(report["sizes"]))
         write_plot(outdir, report["sizes"])
     print(f"wrote {outdir / 'daemon.json'}, {outdir / 'daemon.md'}")
     return rc

@@ -23,6 +23,7 @@ DataPlane::SyncResult DataPlane::sync(Snapshot& snapshot) {
     needFull_ = true;
     return r;
   }
+  r.generation = backend_.lastGeneration();
   planner_.commit(std::move(plan));
   needFull_ = false;
   return r;

@@ -19,6 +19,7 @@
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netlink.h>
+#include <endian.h>
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -193,6 +194,11 @@ class BatchWriter {
   // Starts a message for operation `op`; returns the header to fill in.
   nlmsghdr* begin(uint16_t msg, Family family, uint16_t flags, size_t op) {
     reserve();
+    // NLM_F_ECHO on the first command makes the kernel unicast the commit's NFT_MSG_NEWGEN
+    // (with NFTA_GEN_ID) back to this socket: nf_tables_gen_notify() reports to the sender
+    // when nlmsg_hdr() of the batch skb, i.e. the first message after BATCH_BEGIN, asks for
+    // it. It also echoes that one message's own notification, which costs little.
+    if (seqToOp_.empty()) flags |= NLM_F_ECHO;
     auto* nlh = nftnl_nlmsg_build_hdr(reinterpret_cast<char*>(out_.data() + used_), nlType(msg),
                                       uint16_t(family), uint16_t(flags | NLM_F_ACK), seq_);
     seqToOp_.push_back(op);
@@ -200,6 +206,7 @@ class BatchWriter {
     return nlh;
   }
   void end(nlmsghdr* nlh) {
+    if (messages_ == 0) firstBytes_ = nlh->nlmsg_len;
     used_ += NLMSG_ALIGN(nlh->nlmsg_len);
     ++messages_;
   }
@@ -216,6 +223,7 @@ class BatchWriter {
   uint32_t nextSetId() { return ++setId_; }
   size_t bytes() const { return used_; }
   size_t messages() const { return messages_; }
+  size_t firstMessageBytes() const { return firstBytes_; }
   const std::vector<size_t>& seqToOp() const { return seqToOp_; }
 
  private:
@@ -229,6 +237,7 @@ class BatchWriter {
   uint32_t seq_;
   uint32_t setId_ = 0;
   size_t messages_ = 0;
+  size_t firstBytes_ = 0;
   std::vector<size_t> seqToOp_;  // index = seq - first command seq
 };
 
@@ -553,6 +562,7 @@ struct Encoded {
   std::vector<size_t> seqToOp;
   uint32_t firstSeq = 0;
   size_t messages = 0;
+  size_t firstMessageBytes = 0;
 };
 
 Result<Encoded> encodeTx(const Transaction& tx, uint32_t seqBase, std::vector<uint8_t>& buf) {
@@ -568,6 +578,7 @@ Result<Encoded> encodeTx(const Transaction& tx, uint32_t seqBase, std::vector<ui
   enc.bytes = w.bytes();
   enc.seqToOp = w.seqToOp();
   enc.messages = w.messages();
+  enc.firstMessageBytes = w.firstMessageBytes();
   return enc;
 }
 
@@ -696,10 +707,26 @@ struct Reply {
   std::string extack;
 };
 
-void parseReplies(const uint8_t* buf, size_t len, std::vector<Reply>& out) {
+// The NFTA_GEN_ID of an NFT_MSG_NEWGEN message (the GETGEN answer, or a commit's echo).
+std::optional<uint32_t> generationOf(const nlmsghdr* nlh) {
+  if (nlh->nlmsg_type != nlType(NFT_MSG_NEWGEN) || nlh->nlmsg_len < NLMSG_LENGTH(sizeof(nfgenmsg))) return std::nullopt;
+  std::optional<uint32_t> gen;
+  mnl_attr_parse(nlh, sizeof(nfgenmsg), [](const nlattr* a, void* data) {
+    if (mnl_attr_get_type(a) == NFTA_GEN_ID && mnl_attr_validate(a, MNL_TYPE_U32) == 0)
+      *static_cast<std::optional<uint32_t>*>(data) = be32toh(mnl_attr_get_u32(a));
+    return MNL_CB_OK;
+  }, &gen);
+  return gen;
+}
+
+// Collects the ACKs/errors, and the generation echoed for the message with sequence `genSeq`.
+void parseReplies(const uint8_t* buf, size_t len, std::vector<Reply>& out, uint32_t genSeq = 0,
+                  std::optional<uint32_t>* gen = nullptr) {
   auto* nlh = reinterpret_cast<const nlmsghdr*>(buf);
   int remaining = int(len);
   while (mnl_nlmsg_ok(nlh, remaining)) {
+    if (gen && nlh->nlmsg_seq == genSeq)
+      if (auto g = generationOf(nlh)) *gen = g;
     if (nlh->nlmsg_type == NLMSG_ERROR) {
       auto* err = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(nlh));
       Reply r{nlh->nlmsg_seq, -err->error, {}};
@@ -726,6 +753,7 @@ void parseReplies(const uint8_t* buf, size_t len, std::vector<Reply>& out) {
 
 Status NetlinkBackend::apply(const Transaction& tx) {
   stats_ = {};
+  lastGeneration_.reset();
   if (tx.empty()) return Status::ok();
   Impl& im = *impl_;
   auto enc = encodeTx(tx, im.seq, im.batch);
@@ -744,13 +772,16 @@ Status NetlinkBackend::apply(const Transaction& tx) {
   auto isCommand = [&](uint32_t seq) { return seq >= enc->firstSeq && seq < lastSeq; };
 
   if (enc->messages > 0) {
-    im.transport->reserve(enc->bytes, enc->messages);
+    // Room for the echo of the first command too: one notification per object, for a chunk of
+    // elements a few times the request's bytes in skb truesize.
+    im.transport->reserve(enc->bytes, enc->messages + 1 + enc->firstMessageBytes * 8 / kAckBudget);
     if (Status st = im.transport->send(batch, enc->bytes); !st)
       return st.withContext(fmt::format("batch of {} messages", enc->messages));
 
     // Drain. The kernel has processed the batch inside sendmsg, so every reply is queued
     // already; only if some are missing do we wait (briefly) before calling them lost.
     std::vector<Reply> replies;
+    std::optional<uint32_t> generation;
     std::vector<uint8_t>& rbuf = im.replies;
     size_t acked = 0;
     bool lost = false;
@@ -770,7 +801,7 @@ Status NetlinkBackend::apply(const Transaction& tx) {
         continue;
       }
       size_t before = replies.size();
-      parseReplies(rbuf.data(), *got, replies);
+      parseReplies(rbuf.data(), *got, replies, enc->firstSeq, &generation);
       for (size_t i = before; i < replies.size(); ++i)
         if (isCommand(replies[i].seq)) ++acked;
     }
@@ -795,6 +826,9 @@ Status NetlinkBackend::apply(const Transaction& tx) {
       return Status(Code::kInternal,
                     fmt::format("received {} of {} batch replies{}; the outcome is unknown", acked, enc->messages,
                                 lost ? " (receive buffer overflow)" : ""));
+    // A batch whose messages changed nothing (no transaction) commits no generation and
+    // echoes none; then lastGeneration() stays empty.
+    lastGeneration_ = generation;
   }
 
   // Counter resets are "get and reset" requests, which the kernel refuses inside a batch.
@@ -828,6 +862,26 @@ Status NetlinkBackend::apply(const Transaction& tx) {
     if (!done) return Status(Code::kInternal, "no reply to " + Transaction::describe(op), 0, i);
   }
   return Status::ok();
+}
+
+Result<uint32_t> NetlinkBackend::generation() {
+  Impl& im = *impl_;
+  std::vector<uint8_t> buf(MNL_SOCKET_BUFFER_SIZE);
+  const uint32_t seq = im.seq++;
+  // No NLM_F_ACK: success is answered by the NEWGEN message alone, failure by an error.
+  auto* nlh = nftnl_nlmsg_build_hdr(reinterpret_cast<char*>(buf.data()), nlType(NFT_MSG_GETGEN), AF_UNSPEC, 0, seq);
+  if (Status st = im.transport->send(buf.data(), nlh->nlmsg_len); !st) return st.withContext("asking the ruleset generation");
+  for (int tries = 0; tries < 40; ++tries) {
+    auto got = im.transport->receive(buf.data(), buf.size(), 50);
+    if (!got) return got.status().withContext("asking the ruleset generation");
+    std::vector<Reply> rr;
+    std::optional<uint32_t> gen;
+    parseReplies(buf.data(), *got, rr, seq, &gen);
+    if (gen) return *gen;
+    for (const auto& r : rr)
+      if (r.seq == seq && r.error) return Status::fromErrno(r.error, "asking the ruleset generation");
+  }
+  return Status(Code::kInternal, "no answer to the ruleset generation request");
 }
 
 }  // namespace sluice::nft

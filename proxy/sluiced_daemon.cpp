@@ -3,6 +3,8 @@
 #include <signal.h>
 #include <systemd/sd-daemon.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <chrono>
@@ -45,18 +47,20 @@ class Daemon;
 
 // One IP family's data plane: its own StateStore (DataPlane::sync consumes the Snapshot's dirty
 // set, so two families cannot share one Snapshot; the source feeds both through FanOutSink),
-// the SyncRunner that commits it, the drain tracker and the drift monitor.
+// the SyncRunner that commits it and the drain tracker. One drift monitor watches every
+// family's table (Daemon::drift_).
 struct Plane : SyncObserver, CommitListener {
   Daemon* daemon = nullptr;
   ProxyConfig cfg;
-  // Declaration order is teardown order reversed: the drift monitor goes first, the runner
-  // before the drain tracker it calls and the store and DataPlane it uses.
+  nft::TableRef table;  // cfg.table(), fixed for the daemon's life (the drift callback reads it)
+  // Declaration order is teardown order reversed: the runner goes before the drain tracker
+  // it calls and the store and DataPlane it uses.
   std::unique_ptr<nft::NetlinkBackend> backend;
   std::unique_ptr<DataPlane> dataPlane;
   StateStore store;
   std::unique_ptr<DrainTracker> drain;  // null when conntrack cannot be opened
-  std::unique_ptr<SyncRunner> runner;
-  std::unique_ptr<DriftMonitor> drift;  // null when notifications cannot be subscribed
+  std::unique_ptr<SyncRunner> runner;  // replaced under Daemon::runnersMu_ (drift callback)
+  std::atomic<uint64_t> driftRepairs{0};  // foreign edits of this family's table noticed
 
   // Written on the runner's thread, read by the HTTP threads (Daemon::statusMu_).
   FamilySyncStatus status;
@@ -146,6 +150,8 @@ class Daemon {
  private:
   friend struct Plane;
   Status openPlanes();
+  void openDriftMonitor();
+  void onDrift(const DriftEvent& event);
   Status startPlane(Plane& plane);
   void stopPlane(Plane& plane);
   // Gives a running plane a new configuration: a new DataPlane whose first sync replaces the
@@ -176,6 +182,12 @@ class Daemon {
   std::string adminToken_;
 
   std::vector<std::unique_ptr<Plane>> planes_;
+  // Watches every family's table: one listener, so pausing it around a full sync leaves
+  // nobody of sluice's in the notification group (design §9). Null when it cannot subscribe.
+  std::unique_ptr<DriftMonitor> drift_;
+  // Guards Plane::runner for the drift callback, which must not take planesMu_: a plane
+  // restart holds that while it waits for the runner, whose full-sync hook calls the monitor.
+  std::mutex runnersMu_;
   std::unique_ptr<Source> sourceImpl_;
   KubernetesSource* kube_ = nullptr;  // sourceImpl_, when it is the Kubernetes source
   std::unique_ptr<FanOutSink> fanOut_;
@@ -202,6 +214,7 @@ Status Daemon::openPlanes() {
     auto plane = std::make_unique<Plane>();
     plane->daemon = this;
     plane->cfg = toProxyConfig(options_, family);
+    plane->table = plane->cfg.table();
     auto backend = nft::NetlinkBackend::open({options_.netns});
     if (!backend) return backend.status().withContext(fmt::format("opening nftables netlink for {}", familyName(family)));
     plane->backend = std::move(backend).value();
@@ -223,28 +236,50 @@ Status Daemon::openPlanes() {
   return Status::ok();
 }
 
-// A fresh DataPlane (its first sync replaces the whole table: a restart adopts what is there),
-// its runner, and the drift monitor watching that table.
+// One monitor for every family's table, started before the first sync. Every family's full
+// sync pauses it (DriftMonitor::syncHooks), and every family's commits are its own.
+void Daemon::openDriftMonitor() {
+  DriftOptions opt;
+  opt.netns = options_.netns;
+  std::vector<uint32_t> ports;
+  for (auto& plane : planes_) {
+    opt.tables.push_back(plane->table);
+    ports.push_back(plane->backend->portId());
+  }
+  opt.isOwnPort = [ports](uint32_t p) { return std::find(ports.begin(), ports.end(), p) != ports.end(); };
+  auto drift = DriftMonitor::open(std::move(opt), [this](const DriftEvent& event) { onDrift(event); });
+  if (!drift) {
+    spdlog::warn("drift detection off: {}", drift.status().toString());
+    return;
+  }
+  drift_ = std::move(drift).value();
+  drift_->start();
+}
+
+// On the monitor's thread: repair the family whose table changed, or all when unknown.
+void Daemon::onDrift(const DriftEvent& event) {
+  std::lock_guard lock(runnersMu_);
+  for (auto& plane : planes_) {
+    if (event.table && *event.table != plane->table) continue;
+    ++plane->driftRepairs;
+    if (plane->runner) plane->runner->requestFullSync();
+  }
+}
+
+// A fresh DataPlane (its first sync replaces the whole table: a restart adopts what is there)
+// and its runner, whose full syncs pause the drift monitor.
 Status Daemon::startPlane(Plane& plane) {
   plane.dataPlane = std::make_unique<DataPlane>(plane.cfg, *plane.backend);
   SyncOptions so;
   so.minSyncPeriod = std::chrono::duration_cast<std::chrono::milliseconds>(options_.minSyncPeriod);
   so.syncPeriod = std::chrono::duration_cast<std::chrono::milliseconds>(options_.syncPeriod);
-  plane.runner = std::make_unique<SyncRunner>(plane.store, *plane.dataPlane, so, &plane);
-  plane.runner->addListener(&plane);
-  if (plane.drain) plane.runner->addListener(plane.drain.get());
-  const uint32_t ownPort = plane.backend->portId();
-  SyncRunner* runner = plane.runner.get();
-  auto drift = DriftMonitor::open({options_.netns, plane.cfg.table(), [ownPort](uint32_t p) { return p == ownPort; }},
-                                  [runner, family = plane.cfg.family](const std::string& why) {
-                                    spdlog::warn("{}: table changed behind sluice's back ({}); repairing", familyName(family), why);
-                                    runner->requestFullSync();
-                                  });
-  if (drift) {
-    plane.drift = std::move(drift).value();
-    plane.drift->start();
-  } else {
-    spdlog::warn("{}: drift detection off: {}", familyName(plane.cfg.family), drift.status().toString());
+  auto runner = std::make_unique<SyncRunner>(plane.store, *plane.dataPlane, so, &plane);
+  runner->addListener(&plane);
+  if (plane.drain) runner->addListener(plane.drain.get());
+  if (drift_) runner->setSyncHooks(drift_->syncHooks());
+  {
+    std::lock_guard lock(runnersMu_);
+    plane.runner = std::move(runner);  // the old one is stopped already
   }
   plane.runner->start();
   if (plane.drain) plane.drain->start();
@@ -252,8 +287,7 @@ Status Daemon::startPlane(Plane& plane) {
 }
 
 void Daemon::stopPlane(Plane& plane) {
-  // Order: no more repair requests, then no more commits, then no more conntrack work.
-  if (plane.drift) plane.drift->stop();
+  // Order: no more commits, then no more conntrack work.
   if (plane.runner) plane.runner->stop();
   if (plane.drain) plane.drain->stop();
 }
@@ -453,7 +487,7 @@ HttpResponse Daemon::explainHandler(const HttpRequest& request) {
 void Daemon::collect() {
   collectConntrackStats();
   uint64_t completedFlows = 0, completedDeadline = 0, completedReturned = 0;
-  std::unique_lock planes(planesMu_);  // restartPlane replaces the drift monitors
+  std::unique_lock planes(planesMu_);  // restartPlane stops and starts the drain trackers
   for (auto& plane : planes_) {
     const std::string fam = familyName(plane->cfg.family);
     if (plane->drain) {
@@ -468,7 +502,7 @@ void Daemon::collect() {
       completedDeadline += st.expired;
       completedReturned += st.returned;
     }
-    if (plane->drift) metrics_.driftRepairs.with({fam}).set(static_cast<double>(plane->drift->driftsDetected()));
+    if (drift_) metrics_.driftRepairs.with({fam}).set(static_cast<double>(plane->driftRepairs.load()));
   }
   planes.unlock();
   metrics_.drainsCompleted.with({"flows_gone"}).set(static_cast<double>(completedFlows));
@@ -641,7 +675,7 @@ NodeStatus Daemon::status() const {
   std::lock_guard lock(statusMu_);
   for (const auto& plane : planes_) {
     FamilySyncStatus f = plane->status;
-    if (plane->drift) f.driftRepairs = plane->drift->driftsDetected();
+    f.driftRepairs = plane->driftRepairs.load();
     s.families.push_back(f);
     s.problems.insert(s.problems.end(), plane->planProblems.begin(), plane->planProblems.end());
   }
@@ -702,6 +736,7 @@ int Daemon::run() {
     stopServers();
     return kExitFailure;
   }
+  openDriftMonitor();
   {
     std::lock_guard lock(planesMu_);
     for (auto& plane : planes_) (void)startPlane(*plane);
@@ -727,6 +762,7 @@ int Daemon::run() {
   // The rules stay: the next start adopts them with a full (atomic) replacement.
   leases_.reset();  // the lease source, then its API
   sourceImpl_->stop();
+  if (drift_) drift_->stop();  // no more repair requests, then no more commits
   for (auto& plane : planes_) stopPlane(*plane);
   stopServers();
   spdlog::info("stopped");

@@ -75,6 +75,8 @@ Status SyncRunner::runSync(SyncReport& report) {
     std::lock_guard lock(mu_);
     if (std::exchange(fullRequested_, false)) dataplane_.requestFullSync();
   }
+  const bool full = dataplane_.fullSyncPending();
+  if (full && hooks_.beforeFullSync) hooks_.beforeFullSync();
   DataPlane::SyncResult r;
   std::optional<StateStore::Clock::time_point> oldest;
   store_.withSnapshot([&](Snapshot& snap) {
@@ -92,10 +94,11 @@ Status SyncRunner::runSync(SyncReport& report) {
   });
   const auto committed = StateStore::Clock::now();
   report.status = r.status;
-  report.full = r.full;
+  report.full = full;  // what the hooks were told; sync() decides by the same test
   report.duration = r.planTime + r.applyTime;
   report.operations = r.operations;
   report.servicesPlanned = r.servicesPlanned;
+  report.generation = r.generation;
   {
     std::lock_guard lock(mu_);
     ++stats_.syncs;
@@ -120,6 +123,7 @@ Status SyncRunner::runSync(SyncReport& report) {
     observer_->onSync(report);
     if (r.status && oldest) observer_->onProgrammingLatency(committed - *oldest);
   }
+  if (hooks_.afterSync) hooks_.afterSync(report);
   return r.status;
 }
 

@@ -7,7 +7,9 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <map>
+#include <optional>
 #include <vector>
 
 #include "sluice/model.h"
@@ -28,6 +30,8 @@ class DataPlane {
     size_t operations = 0;
     std::chrono::nanoseconds planTime{0};
     std::chrono::nanoseconds applyTime{0};
+    // The ruleset generation the commit produced (nft::Backend::lastGeneration()), if known.
+    std::optional<uint32_t> generation;
   };
 
   // Programs what changed in `snapshot` since the last sync (consumes its dirty set).
@@ -35,7 +39,8 @@ class DataPlane {
   SyncResult sync(Snapshot& snapshot);
   // Makes the next sync replace the whole table (periodic verification, drift).
   void requestFullSync() { needFull_ = true; }
-  bool fullSyncPending() const { return needFull_; }
+  // Whether the next sync() replaces the whole table.
+  bool fullSyncPending() const { return needFull_ || !planner_.hasCommitted(); }
 
   const Planner& planner() const { return planner_; }
   std::map<ObjectName, std::vector<Problem>> problems() const { return planner_.problems(); }

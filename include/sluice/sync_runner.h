@@ -40,6 +40,18 @@ struct SyncReport {
   std::chrono::nanoseconds duration{0};  // plan + apply
   size_t operations = 0;
   size_t servicesPlanned = 0;
+  // The ruleset generation the commit produced, if the backend knows it (DriftMonitor).
+  std::optional<uint32_t> generation;
+};
+
+// Called on the runner's thread around syncs: `beforeFullSync` right before a full sync
+// (whole-table replacement) is planned, `afterSync` when any sync attempt has ended, committed
+// or not, after the observer saw it (report.full says which kind). DriftMonitor::syncHooks()
+// pauses drift detection with them: a listener makes the kernel build one notification per
+// object and element of the batch, ~40% of a large commit (docs/design.md §9).
+struct SyncHooks {
+  std::function<void()> beforeFullSync;
+  std::function<void(const SyncReport& report)> afterSync;
 };
 
 // Metrics hooks; called on the runner's thread (or syncOnce()'s caller). Keep them cheap.
@@ -78,6 +90,8 @@ class SyncRunner {
 
   // Listeners must outlive the runner; add them before start().
   void addListener(CommitListener* listener);
+  // Set before start() (or between syncOnce() calls).
+  void setSyncHooks(SyncHooks hooks) { hooks_ = std::move(hooks); }
 
   // Starts the loop on its own thread and hooks the store's change callback. Idempotent.
   void start();
@@ -112,6 +126,7 @@ class SyncRunner {
   SyncOptions options_;
   SyncObserver* observer_;
   std::vector<CommitListener*> listeners_;
+  SyncHooks hooks_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

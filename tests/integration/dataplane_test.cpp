@@ -807,3 +807,55 @@ TEST_CASE("kernel: a table deleted behind sluice's back is restored by the next 
   CHECK_FALSE(partial.full);
   checkSpread(topo->client(), Protocol::kTCP, vip, kHttpPort, 10, ids({2}));
 }
+
+TEST_CASE("kernel: every commit reports the ruleset generation it produced") {
+  auto topo = makeTopology(1);
+  auto kernel = openBackend(*topo);
+  auto start = kernel->generation();
+  REQUIRE_MESSAGE(start.isOk(), start.status().toString());
+  DataPlane dp(proxyConfig(), *kernel);
+  Snapshot snapshot;
+  snapshot.upsertService(webService(1));
+  snapshot.upsertSlice(webSlice({1}));
+  DataPlane::SyncResult full = dp.sync(snapshot);
+  REQUIRE_MESSAGE(full.status.isOk(), full.status.toString());
+  // One commit, one generation (nf_tables_commit bumps base_seq once), echoed to the sender.
+  REQUIRE(full.generation.has_value());
+  CHECK(*full.generation == *start + 1);
+  CHECK(kernel->generation().value() == *full.generation);
+
+  // Someone else's commit moves the generation too; GETGEN sees it, lastGeneration() does not.
+  nftIn(*topo, {"add", "table", "ip", "other"});
+  CHECK(kernel->generation().value() == *full.generation + 1);
+  CHECK(kernel->lastGeneration() == full.generation);
+
+  snapshot.upsertSlice(webSlice({1, 2}));
+  DataPlane::SyncResult partial = dp.sync(snapshot);
+  REQUIRE_MESSAGE(partial.status.isOk(), partial.status.toString());
+  CHECK_FALSE(partial.full);
+  CHECK(partial.generation == std::optional<uint32_t>(*full.generation + 2));
+
+  // A batch that changes nothing (the table exists) is no transaction: no new generation.
+  nft::Transaction noop;
+  noop.add(nft::Table{proxyConfig().table(), {}});
+  REQUIRE(kernel->apply(noop).isOk());
+  CHECK_FALSE(kernel->lastGeneration().has_value());
+  CHECK(kernel->generation().value() == *full.generation + 2);
+
+  // A rejected batch commits nothing and reports no generation.
+  nft::Transaction bad;
+  bad.add(nft::Chain{{nft::Family::kIPv4, "no-such-table"}, "c", std::nullopt});
+  CHECK_FALSE(kernel->apply(bad).isOk());
+  CHECK_FALSE(kernel->lastGeneration().has_value());
+  CHECK(kernel->generation().value() == *full.generation + 2);
+
+  // A batch that starts with a full chunk of elements gets that chunk's notifications echoed
+  // as well; the receive buffer has room for them next to the ACKs.
+  nft::Elements many{proxyConfig().table(), "cluster-ips", {}};
+  for (int i = 0; i < 4000; ++i) many.elements.push_back({nft::Bytes{198, 19, uint8_t(100 + i / 250), uint8_t(i % 250)}, {}, {}, ""});
+  nft::Transaction bulk;
+  bulk.add(many);
+  Status added = kernel->apply(bulk);
+  REQUIRE_MESSAGE(added.isOk(), added.toString());
+  CHECK(kernel->lastGeneration() == std::optional<uint32_t>(*full.generation + 3));
+}

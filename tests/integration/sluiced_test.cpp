@@ -291,6 +291,21 @@ TEST_CASE("sluiced: a file source's Service carries traffic; a manifest edit mov
   CHECK(before["backend-2"] > 0);
   CHECK(before["backend-1"] + before["backend-2"] == 30);
 
+  // sluiced's own first (full, unheard) sync was no drift; someone flushing its chain is, and
+  // the one drift monitor has the IPv4 plane repair it.
+  CHECK((*programmed)["families"][0]["driftRepairs"] == 0);
+  REQUIRE(execIn(t.node(), {"nft", "flush", "chain", "ip", "sluice", "services"}).isOk());
+  REQUIRE(statusWhere([](const nlohmann::json& j) { return j["families"][0]["driftRepairs"] == 1; }));
+  bool repaired = false;
+  for (int i = 0; i < 50 && !repaired; ++i) {
+    auto out = execIn(t.node(), {"nft", "list", "chain", "ip", "sluice", "services"});
+    repaired = out.isOk() && out->find("vmap @service-ips") != std::string::npos;
+    if (!repaired) std::this_thread::sleep_for(20ms);
+  }
+  REQUIRE(repaired);
+  auto again = spread(t.client(), Protocol::kTCP, web, 80, 10);
+  CHECK(again["backend-1"] + again["backend-2"] == 10);
+
   // The running daemon explains the same Service from its state.
   auto ex = getIn(t.node(), 10249, "/explain?src=198.18.1.100&dst=198.19.0.10&port=80&proto=tcp");
   REQUIRE(ex);

@@ -1,10 +1,12 @@
 // Layer 3: what the netlink backend puts on the wire and how it reads the answers, against a
 // scripted peer instead of the kernel.
 #include <doctest/doctest.h>
+#include <endian.h>
 #include <libmnl/libmnl.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netlink.h>
+#include <sys/socket.h>
 
 #include <cstring>
 #include <deque>
@@ -61,7 +63,22 @@ std::vector<uint8_t> errorReply(uint32_t seq, int err, const std::string& extack
   return b;
 }
 
-// Behaves like nfnetlink: one reply per command that asked for an ACK, an error where scripted.
+// NFT_MSG_NEWGEN as the kernel sends it: nfgenmsg, then NFTA_GEN_ID (big endian).
+std::vector<uint8_t> newGen(uint32_t seq, uint32_t generation) {
+  std::vector<uint8_t> b(MNL_SOCKET_BUFFER_SIZE);
+  nlmsghdr* nlh = mnl_nlmsg_put_header(b.data());
+  nlh->nlmsg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN;
+  nlh->nlmsg_seq = seq;
+  auto* g = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(nfgenmsg)));
+  g->nfgen_family = AF_UNSPEC;
+  mnl_attr_put_u32(nlh, NFTA_GEN_ID, htobe32(generation));
+  b.resize(nlh->nlmsg_len);
+  return b;
+}
+
+// Behaves like nfnetlink: one reply per command that asked for an ACK, an error where scripted;
+// a commit bumps the generation and, if the first command asked for an echo, reports it
+// first (nf_tables_gen_notify); GETGEN is answered with the generation.
 struct ScriptedPeer {
   std::vector<Message> lastBatch;
   std::optional<size_t> failCommand;  // index among command messages
@@ -72,15 +89,26 @@ struct ScriptedPeer {
   bool enobufs = false;  // and report ENOBUFS once
   std::deque<std::vector<uint8_t>> queue;
   size_t reserveBytes = 0, reserveReplies = 0;
+  uint32_t generation = 41;
+  int getgenErrno = 0;
 };
 
 class ScriptedTransport : public NetlinkTransport {
  public:
   explicit ScriptedTransport(ScriptedPeer& p) : p_(p) {}
   Status send(const uint8_t* data, size_t len) override {
-    p_.lastBatch = splitBatch(data, len);
+    auto msgs = splitBatch(data, len);
+    if (msgs.size() == 1 && msgs[0].type == NFT_MSG_GETGEN) {
+      p_.queue.push_back(p_.getgenErrno ? errorReply(msgs[0].seq, p_.getgenErrno, "") : newGen(msgs[0].seq, p_.generation));
+      return Status::ok();
+    }
+    p_.lastBatch = std::move(msgs);
     size_t cmd = 0;
     std::vector<std::vector<uint8_t>> replies;
+    if (!p_.commitErrno && !p_.failCommand && p_.lastBatch.size() > 2) {
+      ++p_.generation;
+      if (p_.lastBatch[1].flags & NLM_F_ECHO) replies.push_back(newGen(p_.lastBatch[1].seq, p_.generation));
+    }
     for (const auto& m : p_.lastBatch) {
       if (m.type == NFNL_MSG_BATCH_BEGIN) {
         if (p_.commitErrno) replies.push_back(errorReply(m.seq, p_.commitErrno, "commit refused"));
@@ -166,8 +194,8 @@ TEST_CASE("netlink: one batch, rising sequence numbers, an ACK requested for eve
   CHECK(types == std::vector<uint16_t>{NFT_MSG_NEWTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWSET, NFT_MSG_NEWRULE,
                                        NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWRULE});
   CHECK(be->lastStats().messages == 7);
-  CHECK(be->lastStats().acks == 7);
-  CHECK(peer.reserveReplies == 7);
+  CHECK(be->lastStats().acks == 7);  // the echoed NEWGEN is not an ACK
+  CHECK(peer.reserveReplies == 8);  // and the echoed NEWGEN (the table message echoes little)
   CHECK(peer.queue.empty());  // every reply drained
 }
 
@@ -271,4 +299,40 @@ TEST_CASE("netlink: operations that need a handle are refused before anything is
   CHECK(st.code() == Code::kInvalidArgument);
   CHECK(st.opIndex() == std::optional<size_t>(1));
   CHECK(peer.lastBatch.empty());
+}
+
+TEST_CASE("netlink: every commit reports its ruleset generation, echoed for the first command") {
+  ScriptedPeer peer;
+  auto be = NetlinkBackend::withTransport(std::make_unique<ScriptedTransport>(peer));
+  CHECK_FALSE(be->lastGeneration().has_value());
+  REQUIRE(be->apply(smallTx()).isOk());
+  // Only the first command asks for the echo: the kernel reports the commit's NEWGEN to the
+  // sender when the batch's first message has NLM_F_ECHO, and echoes that message's objects.
+  const auto& b = peer.lastBatch;
+  CHECK((b[1].flags & NLM_F_ECHO) != 0);
+  for (size_t i = 2; i + 1 < b.size(); ++i) CHECK((b[i].flags & NLM_F_ECHO) == 0);
+  CHECK(be->lastGeneration() == std::optional<uint32_t>(42));
+  CHECK(peer.queue.empty());
+  REQUIRE(be->apply(smallTx()).isOk());
+  CHECK(be->lastGeneration() == std::optional<uint32_t>(43));
+
+  auto gen = be->generation();
+  REQUIRE_MESSAGE(gen.isOk(), gen.status().toString());
+  CHECK(*gen == 43);
+
+  SUBCASE("a failed commit has none") {
+    peer.commitErrno = ENOMEM;
+    CHECK_FALSE(be->apply(smallTx()).isOk());
+    CHECK_FALSE(be->lastGeneration().has_value());
+  }
+  SUBCASE("an empty transaction has none") {
+    REQUIRE(be->apply(Transaction{}).isOk());
+    CHECK_FALSE(be->lastGeneration().has_value());
+  }
+  SUBCASE("a refused generation request is an error") {
+    peer.getgenErrno = EPERM;
+    auto refused = be->generation();
+    REQUIRE_FALSE(refused.isOk());
+    CHECK(refused.status().err() == EPERM);
+  }
 }

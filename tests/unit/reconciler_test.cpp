@@ -6,7 +6,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "builders.h"
 #include "sluice/state_store.h"
@@ -236,6 +238,30 @@ TEST_CASE("SyncRunner: requestFullSync and the sync period replace the whole tab
   const auto n = runner.stats().fullSyncs;
   REQUIRE(obs.waitFor([&](auto&) { return runner.stats().fullSyncs > n; }));
   runner.stop();
+}
+
+TEST_CASE("SyncRunner: sync hooks bracket full syncs, failed ones too, and see every sync") {
+  RunnerFixture fx(SyncOptions{});
+  std::vector<std::string> calls;
+  fx.runner->setSyncHooks({[&] { calls.push_back("before"); },
+                           [&](const SyncReport& r) {
+                             calls.push_back(std::string(r.full ? "full " : "partial ") + (r.status.isOk() ? "ok" : "failed"));
+                           }});
+  fx.src.upsertService(web());
+  CHECK(fx.runner->syncOnce().code() == Code::kFailedPrecondition);
+  CHECK(calls.empty());  // nothing planned, nothing to bracket
+  syncAll(fx.src);
+  REQUIRE(fx.runner->syncOnce());
+  fx.src.upsertSlice(webSlice({endpoint("198.18.1.11")}));
+  REQUIRE(fx.runner->syncOnce());
+  fx.fake.failNextAt(0, Status(Code::kUnavailable, "injected"));
+  fx.runner->requestFullSync();
+  CHECK_FALSE(fx.runner->syncOnce());
+  REQUIRE(fx.runner->syncOnce());  // the retry is full
+  CHECK(calls == std::vector<std::string>{"before", "full ok", "partial ok", "before", "full failed", "before", "full ok"});
+  // The fake backend has no ruleset generation to report.
+  std::lock_guard l(fx.obs.mu);
+  CHECK_FALSE(fx.obs.reports.back().generation.has_value());
 }
 
 TEST_CASE("SyncRunner: listeners see the committed state and what changed") {

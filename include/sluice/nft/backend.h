@@ -1,8 +1,10 @@
 // sluice/nft/backend.h — where transactions run: the kernel (over netlink) or the shipped fake.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +20,10 @@ class Backend {
   // (Status::opIndex) and carries the kernel's extended-ACK text. Applying an empty transaction
   // is a no-op that succeeds.
   [[nodiscard]] virtual Status apply(const Transaction& tx) = 0;
+  // The nftables ruleset generation (NFTA_GEN_ID) the last successful apply() committed, if
+  // the backend knows it (the kernel's does; the fake has none). A drift monitor that stopped
+  // listening around sluice's own commits uses it to tell them from anyone else's.
+  virtual std::optional<uint32_t> lastGeneration() const { return std::nullopt; }
 };
 
 struct NetlinkOptions {
@@ -51,6 +57,11 @@ class NetlinkBackend : public Backend {
   static std::unique_ptr<NetlinkBackend> withTransport(std::unique_ptr<NetlinkTransport> transport);
   ~NetlinkBackend() override;
   Status apply(const Transaction& tx) override;
+  // Learnt from the NEWGEN message the kernel echoes to the sender: every batch asks for it
+  // (NLM_F_ECHO on its first command). Empty after a failed or empty apply.
+  std::optional<uint32_t> lastGeneration() const override { return lastGeneration_; }
+  // Asks the kernel for the current ruleset generation (NFT_MSG_GETGEN) on this socket.
+  Result<uint32_t> generation();
 
   // Statistics of the last apply, for benchmarks and metrics.
   struct Stats {
@@ -71,6 +82,7 @@ class NetlinkBackend : public Backend {
   struct Impl;
   std::unique_ptr<Impl> impl_;
   Stats stats_;
+  std::optional<uint32_t> lastGeneration_;
 };
 
 // An in-memory nftables with the kernel's error semantics, for node agents' tests and
