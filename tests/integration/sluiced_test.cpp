@@ -358,6 +358,9 @@ TEST_CASE("sluiced: endpoints registered through the embedded lease API carry tr
   Child daemon(args);
   REQUIRE(daemon.pid() > 0);
   REQUIRE(waitFor(t.node(), 10249, "/status", 10s));
+  // The admin server answers before the source and the lease API are started: wait for the
+  // lease API itself (any answer; without the token it is 401).
+  REQUIRE(waitFor(t.node(), 10259, "/v1/leases", 10s));
   const IPAddress web = IPAddress::parse("198.19.0.10").value();
 
   auto endpointsWhen = [&](int want, std::chrono::milliseconds timeout) {
