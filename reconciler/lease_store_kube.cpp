@@ -200,6 +200,17 @@ struct KubeLeaseStore::Impl {
     }
   }
 
+  // DELETE of `identity` only if the object still is `current` (uid and resourceVersion
+  // preconditions), so a takeover or renewal landing after the GET survives: 409 then.
+  Result<kube::RestReply> deleteIfUnchanged(const std::string& identity, const json& current) {
+    json options = {{"apiVersion", "v1"},
+                    {"kind", "DeleteOptions"},
+                    {"preconditions",
+                     {{"uid", current.value("/metadata/uid"_json_pointer, std::string())},
+                      {"resourceVersion", current.value("/metadata/resourceVersion"_json_pointer, std::string())}}}};
+    return call("DELETE", path(identity), options);
+  }
+
   Result<kube::RestReply> call(const std::string& method, const std::string& target, const json& body = nullptr) {
     return client->call(method, target, body);
   }
@@ -333,13 +344,7 @@ Status KubeLeaseStore::release(const LeaseHandle& handle) {
     auto current = m.get(handle.identity);
     if (!current) return current.status().code() == Code::kNotFound ? Status::ok() : current.status();
     if (leaseIdOf(*current) != handle.leaseId) return Status::ok();  // superseded: not ours to end
-    // Preconditions keep a takeover that lands between GET and DELETE alive.
-    json options = {{"apiVersion", "v1"},
-                    {"kind", "DeleteOptions"},
-                    {"preconditions",
-                     {{"uid", (*current)["metadata"].value("uid", "")},
-                      {"resourceVersion", (*current)["metadata"].value("resourceVersion", "")}}}};
-    auto del = m.call("DELETE", m.path(handle.identity), options);
+    auto del = m.deleteIfUnchanged(handle.identity, *current);
     if (!del) return del.status();
     if (del->ok() || del->status == 404) {
       {
@@ -362,12 +367,7 @@ Status KubeLeaseStore::collect(const LeaseRecord& seen) {
   if (!current) return current.status().code() == Code::kNotFound ? Status::ok() : current.status();
   // Renewed or taken over since the observer judged it dead: alive after all.
   if (leaseIdOf(*current) != seen.leaseId || generationOf(*current) != seen.generation) return Status::ok();
-  json options = {{"apiVersion", "v1"},
-                  {"kind", "DeleteOptions"},
-                  {"preconditions",
-                   {{"uid", (*current)["metadata"].value("uid", "")},
-                    {"resourceVersion", (*current)["metadata"].value("resourceVersion", "")}}}};
-  auto del = m.call("DELETE", m.path(identity), options);
+  auto del = m.deleteIfUnchanged(identity, *current);
   if (!del) return del.status();
   if (del->status == 404 || del->status == 409) return Status::ok();  // gone, or written meanwhile
   if (!del->ok()) return del->toStatus("collecting dead lease " + identity);
