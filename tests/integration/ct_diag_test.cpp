@@ -425,7 +425,7 @@ TEST_CASE("sluice-ct watch: exits 1 at the first reading above a threshold, with
 }
 #endif
 
-TEST_CASE("sluice-ct lab: default masquerade loses SYNs to insert_failed under port overlap; fully-random none") {
+TEST_CASE("sluice-ct lab: default masquerade loses SYNs to insert_failed under port overlap, fully-random none") {
   // Four client namespaces, each limited to source ports 40000-40003, open four connections at
   // once, 40 times, through the node's masquerade. See snat_lab.cpp for why the default
   // masquerade races here and what makes the race reproducible on a small machine.

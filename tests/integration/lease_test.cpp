@@ -306,7 +306,7 @@ void killOneRegistrant(DataPath& path, const std::function<void()>& killRegistra
 
 }  // namespace
 
-TEST_CASE("leases in etcd feed the data plane; a SIGKILLed registrant leaves within TTL + interval") {
+TEST_CASE("leases in etcd feed the data plane, a SIGKILLed registrant leaves within TTL + interval") {
   auto e = testing::EtcdServer::start();
   REQUIRE_MESSAGE(e.isOk(), e.status().toString());
   auto etcd = std::move(e).value();
@@ -322,7 +322,7 @@ TEST_CASE("leases in etcd feed the data plane; a SIGKILLed registrant leaves wit
   source.stop();
 }
 
-TEST_CASE("leases in the embedded store feed the data plane; a SIGKILLed registrant leaves within TTL + interval") {
+TEST_CASE("leases in the embedded store feed the data plane, a SIGKILLed registrant leaves within TTL + interval") {
   EmbeddedLeaseStore store;
   std::vector<std::unique_ptr<PipeRegistrant>> registrants;
   for (int b = 1; b <= 3; ++b) registrants.push_back(forkPipeRegistrant(store, b));

@@ -147,7 +147,7 @@ std::vector<std::string> nodeDaemonArgs(Topology& t, const TempManifest& manifes
 
 }  // namespace
 
-TEST_CASE("sluiced: serves health, metrics and status in its netns; SIGTERM keeps the rules; --cleanup removes them") {
+TEST_CASE("sluiced: serves health, metrics and status in its netns, SIGTERM keeps the rules, --cleanup removes them") {
   auto ns = Netns::create("sluiced");
   REQUIRE(ns);
   const std::string netns = ns->path();
@@ -266,7 +266,7 @@ TEST_CASE("health-check node ports listen inside the node namespace") {
   CHECK_FALSE(getIn(*ns, 30999, "/"));
 }
 
-TEST_CASE("sluiced: a file source's Service carries traffic; a manifest edit moves it; /status and /explain show it") {
+TEST_CASE("sluiced: a file source's Service carries traffic, a manifest edit moves it, /status and /explain show it") {
   auto topo = Topology::create({2, false, false});
   REQUIRE(topo);
   Topology& t = **topo;
@@ -341,7 +341,7 @@ TEST_CASE("sluiced: a file source's Service carries traffic; a manifest edit mov
   servers.clear();
 }
 
-TEST_CASE("sluiced: endpoints registered through the embedded lease API carry traffic; one that stops renewing leaves") {
+TEST_CASE("sluiced: endpoints registered through the embedded lease API carry traffic, one that stops renewing leaves") {
   auto topo = Topology::create({2, false, false});
   REQUIRE(topo);
   Topology& t = **topo;
@@ -429,7 +429,7 @@ TEST_CASE("sluiced: endpoints registered through the embedded lease API carry tr
 
 // The Kubernetes source end to end: Services from the test API server, and this node's Node
 // object deciding /healthz eligibility and the zone that topology hints are matched against.
-TEST_CASE("sluiced: the Node's zone re-plans topology hints (real traffic); its autoscaler taint turns /healthz 503") {
+TEST_CASE("sluiced: the Node's zone re-plans topology hints (real traffic), its autoscaler taint turns /healthz 503") {
   auto topo = Topology::create({2, false, false});
   REQUIRE(topo);
   Topology& t = **topo;

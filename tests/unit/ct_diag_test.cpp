@@ -99,7 +99,7 @@ TEST_CASE("ct stats: counters an older kernel does not send stay unset, not zero
   CHECK(conntrack::insertFailedNote(true).find("could NOT resolve") != std::string::npos);
 }
 
-TEST_CASE("ct stats: the global message gives entries and max; fill is their ratio") {
+TEST_CASE("ct stats: the global message gives entries and max, fill is their ratio") {
   StatsMessage m(IPCTNL_MSG_CT_GET_STATS, 0, {{CTA_STATS_GLOBAL_ENTRIES, 900}, {CTA_STATS_GLOBAL_MAX_ENTRIES, 1000}});
   conntrack::Stats s;
   REQUIRE(conntrack::parseGlobalStats(m.nlh, s).isOk());
@@ -122,7 +122,7 @@ TEST_CASE("ct stats: wrong message types and malformed attributes are rejected")
   CHECK(conntrack::parseCpuStats(shortAttr.nlh).status().code() == Code::kInvalidArgument);
 }
 
-TEST_CASE("ct stats: totals sum the CPUs; rates handle a u32 wrap per CPU") {
+TEST_CASE("ct stats: totals sum the CPUs, rates handle a u32 wrap per CPU") {
   conntrack::Stats before = twoCpus(0xfffffff0u, 10);
   conntrack::Stats after = twoCpus(0x10u, 30);
   CHECK(before.cpus.front().cpu == 0);
@@ -280,7 +280,7 @@ TEST_CASE("nat audit: iptables-nft MASQUERADE and SNAT targets are decoded by re
   CHECK_FALSE(diag::parseRuleMessage(future.nlh)->front().flags.has_value());
 }
 
-TEST_CASE("nat audit: xtNatFlags offsets by target, revision and family; short blobs refused") {
+TEST_CASE("nat audit: xtNatFlags offsets by target, revision and family, short blobs refused") {
   const uint32_t f = 0x14;
   std::vector<uint8_t> v4 = ipv4MultiRange(f);
   std::vector<uint8_t> r2 = natRange2(f);

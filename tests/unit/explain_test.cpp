@@ -70,7 +70,7 @@ TEST_CASE("explain: a ClusterIP from outside the cluster CIDR: the serving endpo
   CHECK(ex.toJson().find("\"default/web\"") != std::string::npos);
 }
 
-TEST_CASE("explain: from a pod, no masquerade; no endpoints is a reject with the reason") {
+TEST_CASE("explain: from a pod, no masquerade, no endpoints is a reject with the reason") {
   Explanation pod = mustExplain(state(), "198.18.2.7", "198.19.0.10:80/tcp");
   CHECK_FALSE(pod.masqueraded);
   CHECK(pod.candidates.size() == 2);

@@ -104,7 +104,7 @@ TEST_CASE("fake: kernel error semantics") {
   }
 }
 
-TEST_CASE("fake: rules are appended, inserted and replaced by handle; flush empties") {
+TEST_CASE("fake: rules are appended, inserted and replaced by handle, flush empties") {
   FakeBackend fake;
   REQUIRE(fake.apply(base()).isOk());
   REQUIRE(fake.apply(Transaction()

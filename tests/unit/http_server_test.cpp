@@ -212,7 +212,7 @@ TEST_CASE("http server: handler exceptions become 500, the server keeps serving"
   CHECK(httpGet(server.port(), "/ok")->status == 200);
 }
 
-TEST_CASE("http server: start, stop, restart; a taken port is reported") {
+TEST_CASE("http server: start, stop, restart, a taken port is reported") {
   HttpServer server(loopback());
   server.route("GET", "/g", echo("g"));
   REQUIRE(server.start().isOk());

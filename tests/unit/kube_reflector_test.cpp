@@ -296,7 +296,7 @@ TEST_CASE("reflector: events split across chunks and a stream cut mid-event") {
   CHECK(h.mirror.size() == 6);
 }
 
-TEST_CASE("reflector: fails over to the next server; its older RV falls back to a consistent read") {
+TEST_CASE("reflector: fails over to the next server, its older RV falls back to a consistent read") {
   ApiServer a, b;
   a.create("services", service("default", "x"));
   for (int i = 0; i < 5; ++i) a.create("leases", service("default", "l" + std::to_string(i)));

@@ -101,7 +101,7 @@ sluice::KubernetesSourceOptions fast(std::vector<std::string> servers) {
 
 }  // namespace
 
-TEST_CASE("kubernetes source: services and slices reach the sink; a bad object is reported and skipped") {
+TEST_CASE("kubernetes source: services and slices reach the sink, a bad object is reported and skipped") {
   sluice::testing::ApiServer server;
   server.create("services", service("web", "198.18.0.10"));
   server.create("services", service("broken", "not-an-ip"));
@@ -313,7 +313,7 @@ TEST_CASE("test apiserver: Nodes are cluster-scoped and filtered by fieldSelecto
   CHECK(json::parse(one->body)["metadata"]["labels"]["topology.kubernetes.io/zone"] == "zone-b");
 }
 
-TEST_CASE("kubernetes source: the Node watch delivers eligibility and zone; /healthz follows the taint") {
+TEST_CASE("kubernetes source: the Node watch delivers eligibility and zone, /healthz follows the taint") {
   sluice::testing::ApiServer server;
   server.create("services", service("web", "198.18.0.10"));
   server.create("nodes", node("node-2", "zone-b"));  // another node: never delivered
@@ -384,7 +384,7 @@ TEST_CASE("kubernetes source: the Node watch delivers eligibility and zone; /hea
   source.stop();
 }
 
-TEST_CASE("kubernetes source: a forbidden Node watch never holds up Services; it retries and recovers") {
+TEST_CASE("kubernetes source: a forbidden Node watch never holds up Services, it retries and recovers") {
   sluice::testing::ApiServerOptions so;
   so.forbiddenResources = {"nodes"};
   auto server = std::make_unique<sluice::testing::ApiServer>(so);

@@ -269,7 +269,7 @@ struct EtcdReconcilerRig {
 
 }  // namespace
 
-TEST_CASE("etcd reconciler: etcd restarted mid-run; a registrant's wall clock jumping") {
+TEST_CASE("etcd reconciler: etcd restarted mid-run, a registrant's wall clock jumping") {
   EtcdReconcilerRig rig(leaseSpec("self", "198.18.1.10", 8080, 1000ms));
   ManualClock skewed;
   LeaseRegistrant a(*rig.registrantStore, leaseSpec("a", "198.18.1.11", 8080, 1000ms), {.clock = &skewed});

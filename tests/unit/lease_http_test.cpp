@@ -105,7 +105,7 @@ TEST_CASE("lease HTTP API: authentication and bad requests") {
   CHECK(rig.store.list()->leases.empty());
 }
 
-TEST_CASE("lease HTTP API: registrants over HTTP; one stops renewing and leaves, the other stays") {
+TEST_CASE("lease HTTP API: registrants over HTTP, one stops renewing and leaves, the other stays") {
   ApiRig rig;
   auto c1 = rig.client();
   auto c2 = rig.client();

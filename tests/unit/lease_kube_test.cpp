@@ -244,7 +244,7 @@ TEST_CASE("kubernetes lease store: takeover, 409 on renew, conflicts that keep c
   CHECK(KubeLeaseStore::create({rig.client, "sluice", "Not_A_Label"}).status().code() == Code::kInvalidArgument);
 }
 
-TEST_CASE("kubernetes lease reconciler: a registrant that stops renewing expires; slice and Endpoints follow") {
+TEST_CASE("kubernetes lease reconciler: a registrant that stops renewing expires, slice and Endpoints follow") {
   ReconcilerRig r;
   auto& [rig, registrants, observer, local, publisher, rc] = r;
   LeaseSource source(*observer, rc);

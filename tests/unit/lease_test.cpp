@@ -324,7 +324,7 @@ TEST_CASE("reconciler shutdown removes its own lease and reconciles once more") 
   CHECK(store.list()->leases.empty());
 }
 
-TEST_CASE("LeaseSource with registrants on real time; a registrant's wall clock stepping changes nothing") {
+TEST_CASE("LeaseSource with registrants on real time, a registrant's wall clock stepping changes nothing") {
   EmbeddedLeaseStore store;
   RecordingSink sink;
   LeaseReconcilerConfig cfg;

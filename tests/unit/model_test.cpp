@@ -40,7 +40,7 @@ TEST_CASE("model: Snapshot marks exactly the Services whose inputs changed") {
   CHECK(s.services().empty());
 }
 
-TEST_CASE("model: EndpointHints is a value; none of either kind is empty") {
+TEST_CASE("model: EndpointHints is a value, none of either kind is empty") {
   EndpointHints none({}, {});
   CHECK(none.empty());
   CHECK(none == EndpointHints());

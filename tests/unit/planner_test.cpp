@@ -372,7 +372,7 @@ TEST_CASE("planner: conflicting Services — the first holder keeps the IP, the 
   CHECK(dp.problems().empty());
 }
 
-TEST_CASE("planner: bad parts are reported and skipped; the rest is programmed") {
+TEST_CASE("planner: bad parts are reported and skipped, the rest is programmed") {
   nft::FakeBackend fake;
   DataPlane dp(config(), fake);
   Snapshot s;
@@ -398,7 +398,7 @@ TEST_CASE("planner: bad parts are reported and skipped; the rest is programmed")
   CHECK(dump.find("ns/good/tcp/") != std::string::npos);
 }
 
-TEST_CASE("planner: a Service without endpoints is rejected; iTP Local without local endpoints drops") {
+TEST_CASE("planner: a Service without endpoints is rejected, iTP Local without local endpoints drops") {
   nft::FakeBackend fake;
   DataPlane dp(config(), fake);
   Snapshot s;

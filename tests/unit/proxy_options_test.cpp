@@ -140,7 +140,7 @@ TEST_CASE("config file: errors name the file and the field") {
   CHECK(applyConfigYaml(o, "- a\n- b\n", "f").code() == Code::kInvalidArgument);
 }
 
-TEST_CASE("resolveOptions: defaults < config file < flags; validation names flag and field") {
+TEST_CASE("resolveOptions: defaults < config file < flags, validation names flag and field") {
   const std::string path = "/tmp/sluice-options-test-" + std::to_string(::getpid()) + ".yaml";
   {
     std::ofstream f(path);
@@ -230,7 +230,7 @@ TEST_CASE("logging: JSON escaping and setup errors") {
   CHECK(setupLogging("text", "loud").code() == Code::kInvalidArgument);
 }
 
-TEST_CASE("cleanup: removes the proxy's table and nothing else; absent is fine") {
+TEST_CASE("cleanup: removes the proxy's table and nothing else, absent is fine") {
   nft::FakeBackend fake;
   ProxyConfig cfg;
   nft::Transaction setup;
@@ -298,7 +298,7 @@ TEST_CASE("sluiced binary: bad flags and configuration exit 2 naming the culprit
 }
 #endif
 
-TEST_CASE("lease flags: backend, Service, API address and token; what each backend requires") {
+TEST_CASE("lease flags: backend, Service, API address and token, what each backend requires") {
   using Given = std::vector<std::pair<std::string, std::string>>;
   auto o = resolveOptions(Given{{"--lease-backend", "embedded"}, {"--lease-service", "test/web"},
                                 {"--lease-token-file", "/run/sluice/lease-token"},

@@ -134,7 +134,7 @@ TEST_CASE("StateStore: the last source to deliver an object owns it, the first s
   });
 }
 
-TEST_CASE("StateStore: identical re-delivery is not a change; problems are kept per object") {
+TEST_CASE("StateStore: identical re-delivery is not a change, problems are kept per object") {
   StateStore store;
   int wakes = 0;
   store.setOnChange([&] { ++wakes; });

@@ -52,7 +52,7 @@ Service lbService(const char* name, const char* cip, const char* lbIP) {
 
 }  // namespace
 
-TEST_CASE("semantics: NodePort addresses follow --nodeport-addresses; never loopback") {
+TEST_CASE("semantics: NodePort addresses follow --nodeport-addresses, never loopback") {
   struct Row {
     const char* name;
     std::vector<IPPrefix> cidrs;
@@ -274,7 +274,7 @@ TEST_CASE("semantics: an IPv6 table mirrors the IPv4 layout") {
   CHECK(dump.find("dnat ip6 to numgen random") != std::string::npos);
 }
 
-TEST_CASE("semantics: external destinations conflict like ClusterIPs; both Services are named") {
+TEST_CASE("semantics: external destinations conflict like ClusterIPs, both Services are named") {
   nft::FakeBackend fake;
   ProxyConfig cfg = config();
   DataPlane dp(cfg, fake);

@@ -122,7 +122,7 @@ TEST_CASE("tracer: a pod load-balanced to itself is masqueraded (hairpin), the o
   CHECK_FALSE(t.allMasqueraded());
 }
 
-TEST_CASE("tracer: a Service without endpoints is rejected; iTP Local without local endpoints drops") {
+TEST_CASE("tracer: a Service without endpoints is rejected, iTP Local without local endpoints drops") {
   Programmed p;
   Trace empty = mustTrace(p.fake, tcp("198.18.2.5", "198.19.0.11", 80));
   CHECK(empty.disposition() == Disposition::kRejected);
@@ -463,7 +463,7 @@ TEST_CASE("tracer: what it cannot know is an error, never a guess") {
   CHECK(trace(FakeBackend(), mixed).status().code() == Code::kInvalidArgument);
 }
 
-TEST_CASE("tracer: meta iifname is the packet's input interface; empty for locally generated packets") {
+TEST_CASE("tracer: meta iifname is the packet's input interface, empty for locally generated packets") {
   Bytes eth0(16, 0);
   eth0[0] = 'e', eth0[1] = 't', eth0[2] = 'h', eth0[3] = '0';
   FakeBackend fake = build({}, {rule("fwd", {Meta{MetaKey(6), kReg1}, Cmp{kReg1, CmpOp::kEq, eth0}, verdict(VerdictCode::kDrop)},
