@@ -103,17 +103,23 @@ BENCHMARK(BM_KernelFullSync)->Apply(servicesLadder)->Iterations(3);
 
 // Runs `step(dp, snap)` per iteration against a DataPlane whose N Services are committed in a
 // private network namespace; every step must be a successful partial sync.
+// The count windows are widened first, as sluiced does when idle after its first full sync.
 template <typename Step>
-void measureChanges(benchmark::State& state, Step&& step) {
+void measureChanges(benchmark::State& state, Step&& step, ProxyConfig cfg = benchConfig()) {
   const auto services = uint32_t(state.range(0));
   Snapshot snap;
   bench::fillSnapshot(snap, services, kEndpoints);
   inPrivateNetns(state, [&](nft::NetlinkBackend& backend) {
-    DataPlane dp(benchConfig(), backend);
+    DataPlane dp(cfg, backend);
     if (auto r = dp.sync(snap); !r.status) {
       state.SkipWithError(r.status.toString().c_str());
       return;
     }
+    while (dp.narrowChains() > 0)
+      if (auto r = dp.widen(1000); !r.status) {
+        state.SkipWithError(r.status.toString().c_str());
+        return;
+      }
     for (auto _ : state) {
       step(snap, services);
       auto r = dp.sync(snap);
@@ -132,6 +138,22 @@ void BM_KernelOneEndpointChange(benchmark::State& state) {
   });
 }
 BENCHMARK(BM_KernelOneEndpointChange)->Apply(servicesLadder);
+
+// The same without count gates (ProxyConfig::countWindow = 0): every count change rewrites the
+// Service's dnat rule, and the kernel re-validates the whole table.
+void BM_KernelOneEndpointChangeUngated(benchmark::State& state) {
+  bool extra = false;
+  ProxyConfig cfg = benchConfig();
+  cfg.countWindow = 0;
+  measureChanges(
+      state,
+      [&](Snapshot& snap, uint32_t services) {
+        extra = !extra;
+        snap.upsertSlice(bench::benchSlice(services / 2, kEndpoints, extra));
+      },
+      cfg);
+}
+BENCHMARK(BM_KernelOneEndpointChangeUngated)->Apply(servicesLadder);
 
 // The same Service's endpoint replaced by another (count unchanged): only map elements change,
 // no rule is added, so the kernel does not re-validate the table.

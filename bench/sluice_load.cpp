@@ -1,8 +1,12 @@
 // sluice-load: one full sync of N Services × E endpoints into a network namespace's kernel,
 // then one endpoint added and removed (P2), printed as one JSON line for bench/compare.py.
-//   sluice-load --services N --endpoints E --netns NAME [--changes K]
+//   sluice-load --services N --endpoints E --netns NAME [--changes K] [--count-window W]
+//               [--widen-chains C]
+// With count gates (W > 0) the count windows are widened C chains per commit after the full
+// sync, as sluiced does when idle, before the changes are measured.
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -30,7 +34,8 @@ double seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double
 }  // namespace
 
 int main(int argc, char** argv) {
-  uint32_t services = 1000, endpoints = 10, changes = 20;
+  uint32_t services = 1000, endpoints = 10, changes = 20, widenChains = 1000;
+  sluice::ProxyConfig cfg;
   std::string netns;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
@@ -38,8 +43,11 @@ int main(int argc, char** argv) {
     else if (k == "--endpoints") endpoints = uint32_t(std::stoul(argv[i + 1]));
     else if (k == "--netns") netns = argv[i + 1];
     else if (k == "--changes") changes = uint32_t(std::stoul(argv[i + 1]));
+    else if (k == "--count-window") cfg.countWindow = uint32_t(std::stoul(argv[i + 1]));
+    else if (k == "--chains-per-map") cfg.chainsPerEndpointMap = uint32_t(std::stoul(argv[i + 1]));
+    else if (k == "--widen-chains") widenChains = uint32_t(std::stoul(argv[i + 1]));
     else {
-      fmt::print(stderr, "usage: sluice-load --services N --endpoints E --netns NAME [--changes K]\n");
+      fmt::print(stderr, "usage: sluice-load --services N --endpoints E --netns NAME [--changes K] [--count-window W]\n");
       return 2;
     }
   }
@@ -56,7 +64,6 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "sluice-load: {}\n", backend.status().toString());
     return 1;
   }
-  sluice::ProxyConfig cfg;
   cfg.nodeName = "node-0";
   cfg.clusterCIDRs = {sluice::IPPrefix::parse("198.18.0.0/15").value()};
   sluice::DataPlane dp(cfg, **backend);
@@ -72,6 +79,35 @@ int main(int argc, char** argv) {
     return 1;
   }
   const auto stats = (*backend)->lastStats();
+
+  // Idle work: the count windows, a step at a time.
+  double widenSeconds = 0, widenStepMax = 0;
+  size_t widenSteps = 0;
+  while (widenChains > 0 && dp.narrowChains() > 0) {
+    auto a = std::chrono::steady_clock::now();
+    auto r = dp.widen(widenChains);
+    const double d = seconds(std::chrono::steady_clock::now() - a);
+    if (!r.status) {
+      fmt::print(stderr, "sluice-load: widening failed: {}\n", r.status.toString());
+      return 1;
+    }
+    widenSeconds += d;
+    widenStepMax = std::max(widenStepMax, d);
+    ++widenSteps;
+  }
+
+  // A periodic full sync after that (it keeps the windows).
+  double refullSeconds = 0;
+  if (cfg.countWindow > 0) {
+    dp.requestFullSync();
+    auto a = std::chrono::steady_clock::now();
+    auto r = dp.sync(snap);
+    refullSeconds = seconds(std::chrono::steady_clock::now() - a);
+    if (!r.status) {
+      fmt::print(stderr, "sluice-load: second full sync failed: {}\n", r.status.toString());
+      return 1;
+    }
+  }
 
   // P2: one endpoint added to / removed from one Service, `changes` times, spread over Services.
   std::vector<double> changeSeconds;
@@ -92,6 +128,7 @@ int main(int argc, char** argv) {
       {"impl", "sluice"},
       {"services", services},
       {"endpoints", endpoints},
+      {"count_window", cfg.countWindow},
       {"seconds", seconds(t2 - t1)},
       {"build_seconds", seconds(t1 - t0)},
       {"plan_seconds", seconds(full.planTime)},
@@ -99,6 +136,10 @@ int main(int argc, char** argv) {
       {"messages", stats.messages},
       {"bytes", stats.bytes},
       {"operations", full.operations},
+      {"widen_seconds", widenSeconds},
+      {"widen_steps", widenSteps},
+      {"widen_step_max_seconds", widenStepMax},
+      {"refull_seconds", refullSeconds},
       {"change_p50_seconds", changeSeconds.empty() ? 0.0 : changeSeconds[changeSeconds.size() / 2]},
       {"change_max_seconds", changeSeconds.empty() ? 0.0 : changeSeconds.back()},
       {"peak_rss_kb", vmHWMKb()},

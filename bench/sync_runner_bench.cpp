@@ -4,8 +4,11 @@
 // SyncRunner's thread wakes, plans a partial sync and commits it with the netlink backend into
 // a private network namespace (unshare() on a private thread; gone with its last socket). Each
 // iteration changes one endpoint of one Service (same endpoint count: an element replacement)
-// or, in the "count" variant, adds/removes one (the dnat rule is replaced too, see
-// docs/design.md §3 "Kernel facts"). Reported per size: p50/p99/max of the runner's own
+// or, in the "count" variants, adds/removes one: after the runner has widened every chain's
+// count window (idle work after the first full sync, docs/design.md §3 "Count gates") that
+// moves a count gate, elements only; in the "unwidened" variant (SyncOptions::widenChains = 0)
+// the chain's rules are rewritten, which makes the kernel validate the whole table, as every
+// count change did before count gates. Reported per size: p50/p99/max of the runner's own
 // network-programming latency (store received → committed) and of the caller-observed latency
 // (sink call → commit observed), in microseconds. Needs CAP_NET_ADMIN + CAP_SYS_ADMIN.
 #include <benchmark/benchmark.h>
@@ -56,10 +59,12 @@ EndpointSlice sliceVariant(uint32_t i, bool changed, bool changeCount) {
   return s;
 }
 
-void eventToCommit(benchmark::State& state, bool changeCount) {
+void eventToCommit(benchmark::State& state, bool changeCount, bool widen = true) {
   const auto services = uint32_t(state.range(0));
   std::string error;
   std::vector<double> runnerUs, observedUs;
+  double widenSeconds = 0;
+  uint64_t widenSteps = 0;
   const bool ran = bench::inPrivateNetns(state, [&](nft::NetlinkBackend& backend) {
     ProxyConfig cfg;
     cfg.nodeName = "node-0";
@@ -67,7 +72,8 @@ void eventToCommit(benchmark::State& state, bool changeCount) {
     DataPlane dp(cfg, backend);
     StateStore store;
     CommitWaiter waiter;
-    SyncRunner runner(store, dp, SyncOptions{.minSyncPeriod = std::chrono::milliseconds(0)}, &waiter);
+    SyncRunner runner(store, dp, SyncOptions{.minSyncPeriod = std::chrono::milliseconds(0), .widenChains = widen ? 1000u : 0u},
+                      &waiter);
     StateSink& sink = store.sink("bench");
     {
       std::vector<Service> svcs;
@@ -90,6 +96,16 @@ void eventToCommit(benchmark::State& state, bool changeCount) {
       error = "first full sync did not commit";
       return;
     }
+    // Measured in the steady state: after the idle widening that follows the first full sync.
+    const auto widenStart = Clock::now();
+    while (widen && runner.stats().narrowChains > 0 && Clock::now() - widenStart < std::chrono::seconds(120))
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (widen && runner.stats().narrowChains > 0) {
+      error = "the count windows were not widened within 120 s";
+      return;
+    }
+    widenSeconds = std::chrono::duration<double>(Clock::now() - widenStart).count();
+    widenSteps = runner.stats().widenSteps;
     uint64_t n = 0;
     std::vector<bool> changed(services, false);  // every upsert must differ from the last one
     for (auto _ : state) {
@@ -120,10 +136,13 @@ void eventToCommit(benchmark::State& state, bool changeCount) {
   state.counters["observed_p50_us"] = percentile(observedUs, 0.50);
   state.counters["observed_p99_us"] = percentile(observedUs, 0.99);
   state.counters["observed_max_us"] = percentile(observedUs, 1.0);
+  state.counters["widen_s"] = widenSeconds;
+  state.counters["widen_steps"] = double(widenSteps);
 }
 
 void BM_EventToCommit_ReplaceEndpoint(benchmark::State& state) { eventToCommit(state, false); }
 void BM_EventToCommit_EndpointCount(benchmark::State& state) { eventToCommit(state, true); }
+void BM_EventToCommit_EndpointCountUnwidened(benchmark::State& state) { eventToCommit(state, true, false); }
 
 void ladder(benchmark::internal::Benchmark* b) {
   for (int n : {10, 1000, 10000}) b->Arg(n);
@@ -132,6 +151,7 @@ void ladder(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_EventToCommit_ReplaceEndpoint)->Apply(ladder);
 BENCHMARK(BM_EventToCommit_EndpointCount)->Apply(ladder);
+BENCHMARK(BM_EventToCommit_EndpointCountUnwidened)->Apply(ladder);
 
 }  // namespace
 

@@ -5,12 +5,21 @@ namespace sluice {
 DataPlane::DataPlane(ProxyConfig cfg, nft::Backend& backend) : planner_(std::move(cfg)), backend_(backend) {}
 
 DataPlane::SyncResult DataPlane::sync(Snapshot& snapshot) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto dirty = snapshot.takeDirty();
+  const bool full = fullSyncPending();
+  return apply(full ? planner_.planFull(snapshot) : planner_.planPartial(snapshot, dirty), t0);
+}
+
+DataPlane::SyncResult DataPlane::widen(size_t maxChains) {
+  if (fullSyncPending() || planner_.narrowChains() == 0) return {};
+  return apply(planner_.planWiden(maxChains), std::chrono::steady_clock::now());
+}
+
+DataPlane::SyncResult DataPlane::apply(Planner::Plan&& plan, std::chrono::steady_clock::time_point t0) {
   using Clock = std::chrono::steady_clock;
   SyncResult r;
-  auto t0 = Clock::now();
-  auto dirty = snapshot.takeDirty();
-  r.full = needFull_ || !planner_.hasCommitted();
-  Planner::Plan plan = r.full ? planner_.planFull(snapshot) : planner_.planPartial(snapshot, dirty);
+  r.full = plan.full;
   auto t1 = Clock::now();
   r.planTime = t1 - t0;
   r.servicesPlanned = plan.servicesPlanned;

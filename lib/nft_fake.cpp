@@ -29,6 +29,7 @@ std::string typeofText(Typeof t, Family family) {
   switch (t) {
     case Typeof::kNumgen: return "numgen random mod 1";
     case Typeof::kDaddrThDport: return family == Family::kIPv6 ? "ip6 daddr . th dport" : "ip daddr . th dport";
+    case Typeof::kNumgenPair: return "numgen random mod 1 . numgen random mod 1";
     case Typeof::kNone: return "";
   }
   return "";

@@ -109,15 +109,30 @@ void putPayloadTypeof(nftnl_udata_buf* buf, uint8_t index, uint32_t desc, uint32
   nftnl_udata_nest_end(buf, sub);
 }
 
+// A `numgen random mod 1` typeof: the expression type and, nested, its type, modulus, offset.
+void putNumgenTypeof(nftnl_udata_buf* buf) {
+  nftnl_udata_put_u32(buf, NFTNL_UDATA_SET_TYPEOF_EXPR, kExprNumgen);
+  auto* data = nftnl_udata_nest_start(buf, NFTNL_UDATA_SET_TYPEOF_DATA);
+  nftnl_udata_put_u32(buf, 0, NFT_NG_RANDOM);
+  nftnl_udata_put_u32(buf, 1, 1);  // mod
+  nftnl_udata_put_u32(buf, 2, 0);  // offset
+  nftnl_udata_nest_end(buf, data);
+}
+
 void putTypeof(nftnl_udata_buf* buf, uint8_t attr, Typeof t, const std::vector<DataType>& types, Family family) {
   auto* nest = nftnl_udata_nest_start(buf, attr);
   switch (t) {
-    case Typeof::kNumgen: {
-      nftnl_udata_put_u32(buf, NFTNL_UDATA_SET_TYPEOF_EXPR, kExprNumgen);
+    case Typeof::kNumgen:
+      putNumgenTypeof(buf);
+      break;
+    case Typeof::kNumgenPair: {
+      nftnl_udata_put_u32(buf, NFTNL_UDATA_SET_TYPEOF_EXPR, kExprConcat);
       auto* data = nftnl_udata_nest_start(buf, NFTNL_UDATA_SET_TYPEOF_DATA);
-      nftnl_udata_put_u32(buf, 0, NFT_NG_RANDOM);
-      nftnl_udata_put_u32(buf, 1, 1);  // mod
-      nftnl_udata_put_u32(buf, 2, 0);  // offset
+      for (uint8_t i = 0; i < 2; ++i) {
+        auto* sub = nftnl_udata_nest_start(buf, i);
+        putNumgenTypeof(buf);
+        nftnl_udata_nest_end(buf, sub);
+      }
       nftnl_udata_nest_end(buf, data);
       break;
     }

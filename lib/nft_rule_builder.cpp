@@ -124,6 +124,17 @@ RuleBuilder& RuleBuilder::numgenEq(uint32_t mod, uint32_t value) {
   return *this;
 }
 
+RuleBuilder& RuleBuilder::constantPairInSet(uint32_t a, uint32_t b, const std::string& set) {
+  rule_.exprs.push_back(Numgen{kReg1, 1, a});
+  rule_.exprs.push_back(Numgen{kReg32_00 + 1, 1, b});
+  rule_.exprs.push_back(Lookup{kReg1, set});
+  auto constant = [](uint32_t v) {
+    return v ? fmt::format("numgen random mod 1 offset {}", v) : std::string("numgen random mod 1");
+  };
+  append(fmt::format("{} . {} @{}", constant(a), constant(b), set));
+  return *this;
+}
+
 RuleBuilder& RuleBuilder::protoPortVmap(const std::string& map) {
   rule_.exprs.push_back(Meta{MetaKey::kL4proto, kReg1});
   rule_.exprs.push_back(Payload{PayloadBase::kTransport, kThDportOffset, 2, kReg32_00 + 1});

@@ -103,6 +103,7 @@ Status SyncRunner::runSync(SyncReport& report) {
     std::lock_guard lock(mu_);
     ++stats_.syncs;
     if (r.full) ++stats_.fullSyncs;
+    stats_.narrowChains = dataplane_.narrowChains();
     if (!r.status) {
       ++stats_.failures;
       // The changes this attempt carried are re-planned by the full retry; keep their age.
@@ -127,6 +128,29 @@ Status SyncRunner::runSync(SyncReport& report) {
   return r.status;
 }
 
+Status SyncRunner::runWiden() {
+  const auto r = dataplane_.widen(options_.widenChains);
+  SyncReport report;
+  report.status = r.status;
+  report.duration = r.planTime + r.applyTime;
+  report.operations = r.operations;
+  report.servicesPlanned = r.servicesPlanned;
+  report.generation = r.generation;
+  {
+    std::lock_guard lock(mu_);
+    ++stats_.widenSteps;
+    stats_.narrowChains = dataplane_.narrowChains();
+    if (!r.status) {
+      ++stats_.failures;
+      pending_ = true;  // the next sync replaces the table (DataPlane::sync)
+    }
+  }
+  if (!r.status) spdlog::warn("widening count windows failed, next sync replaces the whole table: {}", r.status.toString());
+  // The drift monitor must know this commit is sluice's own.
+  if (hooks_.afterSync) hooks_.afterSync(report);
+  return r.status;
+}
+
 void SyncRunner::loop() {
   using Clock = std::chrono::steady_clock;
   auto lastSync = Clock::time_point::min();
@@ -142,6 +166,14 @@ void SyncRunner::loop() {
     auto notBefore = lastSync == Clock::time_point::min() ? now : lastSync + options_.minSyncPeriod;
     notBefore = std::max(notBefore, retryAt);
     bool want = pending_ || fullRequested_ || now >= fullDue;
+    if (!want && options_.widenChains > 0 && stats_.narrowChains > 0 && now >= retryAt) {
+      // Idle: a step of widening, then look for changes again.
+      lock.unlock();
+      const Status st = runWiden();
+      lock.lock();
+      if (!st) retryAt = Clock::now() + backoff;
+      continue;
+    }
     if (!want) {
       cv_.wait_until(lock, fullDue);
       continue;

@@ -37,6 +37,12 @@ class DataPlane {
   // Programs what changed in `snapshot` since the last sync (consumes its dirty set).
   // Never throws; a failed sync is retried in full by the next call.
   SyncResult sync(Snapshot& snapshot);
+  // Writes the count windows of up to `maxChains` DNAT chains that a full sync left narrow
+  // (Planner::planWiden): idle work, so that later endpoint count changes are element-only.
+  // Nothing to do (operations == 0) when none is narrow or a full sync is pending.
+  SyncResult widen(size_t maxChains);
+  // DNAT chains still narrow (0 when count gates are off).
+  size_t narrowChains() const { return fullSyncPending() ? 0 : planner_.narrowChains(); }
   // Makes the next sync replace the whole table (periodic verification, drift).
   void requestFullSync() { needFull_ = true; }
   // Whether the next sync() replaces the whole table.
@@ -46,6 +52,9 @@ class DataPlane {
   std::map<ObjectName, std::vector<Problem>> problems() const { return planner_.problems(); }
 
  private:
+  // Applies `plan` (planning began at t0) and adopts it if the backend took it.
+  SyncResult apply(Planner::Plan&& plan, std::chrono::steady_clock::time_point t0);
+
   Planner planner_;
   nft::Backend& backend_;
   bool needFull_ = true;

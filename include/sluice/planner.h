@@ -39,6 +39,11 @@ struct ProxyConfig {
   uint32_t masqueradeBit = 14;          // packet mark bit 0x4000 by default, as kube-proxy
   // Service-port chains per endpoints map (see docs/design.md, "Why sharded endpoint maps").
   uint32_t chainsPerEndpointMap = 80;
+  // A DNAT chain keeps rules for endpoint counts within ±countWindow of the count its rules were
+  // last written for, each gated by an element `slot base . count` of set `slot-counts`, so a
+  // count moving within the window changes set elements only and the kernel does not re-validate
+  // the table (docs/design.md §3, "Count gates"). 0: one ungated rule per chain.
+  uint32_t countWindow = 1;
 
   uint32_t masqueradeMark() const { return 1u << masqueradeBit; }
   nft::TableRef table() const;
@@ -119,6 +124,14 @@ struct FragmentChain {
   uint32_t slotBase = 0;
   uint32_t slotCapacity = 0;
   uint32_t shard = 0;  // which endpoints map ("endpoints-<shard>")
+  // Count gates (ProxyConfig::countWindow, set by the Planner with the slots): the chain has a
+  // rule for every count in [gateCenter - countWindow, gateCenter + countWindow] ∩
+  // [1, slotCapacity]; the element `slotBase . slots.size()` of `slot-counts` enables one.
+  uint32_t countWindow = 0;
+  uint32_t gateCenter = 0;
+  // Only the rule for gateCenter exists. A full plan writes that much, so the whole table loads
+  // as fast as without gates; Planner::planWiden() adds the rest later, off the latency path.
+  bool gateNarrow = false;
   uint32_t affinitySeconds = 0;
   std::vector<nft::Rule> fixedRules;
   bool operator==(const FragmentChain&) const = default;
@@ -126,7 +139,9 @@ struct FragmentChain {
   bool usesSlotMap() const { return affinitySeconds == 0 && fixedRules.empty() && !slots.empty(); }
   nft::Chain chain(const nft::TableRef& table) const { return {table, name, std::nullopt}; }
   // The chain's rules. Without affinity: `meta l4proto P dnat to numgen random mod N offset B
-  // map @endpoints-K`. With affinity, per endpoint i (distinct endpoints, in slot order):
+  // map @endpoints-K`, or with count gates, for each count C of the window (gateCenter first,
+  // then ascending), `meta l4proto P numgen random mod 1 offset B . numgen random mod 1 offset C
+  // @slot-counts dnat to numgen random mod C offset B map @endpoints-K`. With affinity, per endpoint i (distinct endpoints, in slot order):
   //   `meta l4proto P ip saddr @aff_i update @aff_i { ip saddr } dnat to EP_i`  (sticky clients)
   // then `meta l4proto P numgen random mod (n-i) 0 update @aff_i { ip saddr } dnat to EP_i` for
   // i < n-1 and an unconditional last one: a uniform choice, recorded for the client.
@@ -168,6 +183,7 @@ inline constexpr const char* kServiceNodePorts = "service-nodeports";
 inline constexpr const char* kNoEndpointNodePorts = "no-endpoint-nodeports";
 inline constexpr const char* kFirewallIPs = "firewall-ips";
 inline constexpr const char* kNodePortIPs = "nodeport-ips";
+inline constexpr const char* kSlotCounts = "slot-counts";
 const char* sharedSet(SharedSet s);        // one of the seven above
 std::string endpointsMap(uint32_t shard);  // "endpoints-<shard>"
 inline constexpr const char* kServicesChain = "services";
@@ -243,6 +259,11 @@ class Planner {
   Plan planFull(const Snapshot& snapshot);
   // Re-plans only `changed` Services (plus those blocked by a conflict last time).
   Plan planPartial(const Snapshot& snapshot, const std::set<ObjectName>& changed);
+  // Gives up to `maxChains` narrow DNAT chains (FragmentChain::gateNarrow) their whole count
+  // window. Rule changes only: the kernel validates the table once for the batch.
+  Plan planWiden(size_t maxChains);
+  // Committed DNAT chains whose count window is not written yet.
+  size_t narrowChains() const { return narrow_; }
   // Adopts a plan's state as committed. Call only after the backend applied plan.tx.
   void commit(Plan&& plan);
   // Forgets the mirror, e.g. after a failed transaction; the next plan must be full.
@@ -275,6 +296,7 @@ class Planner {
   std::set<ObjectName> blocked_;  // Services with a port skipped because of a conflict
   SlotAllocator slots_;
   uint32_t endpointShards_ = 1;
+  size_t narrow_ = 0;  // narrow chains in fragments_
 };
 
 }  // namespace sluice

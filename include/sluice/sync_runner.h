@@ -31,6 +31,10 @@ struct SyncOptions {
   std::chrono::milliseconds syncPeriod{std::chrono::seconds(30)};  // periodic full sync
   std::chrono::milliseconds initialBackoff{100};  // after the first failure; doubles each time
   std::chrono::milliseconds maxBackoff{std::chrono::seconds(30)};
+  // Idle work after a full sync: DNAT chains given their count window per commit
+  // (DataPlane::widen). A change arriving meanwhile waits for at most one such commit.
+  // 0 = never widen (count changes then rewrite rules until the next partial change does).
+  size_t widenChains = 1000;
 };
 
 // One finished sync attempt, for metrics.
@@ -112,6 +116,8 @@ class SyncRunner {
     uint64_t syncs = 0;
     uint64_t fullSyncs = 0;
     uint64_t failures = 0;
+    uint64_t widenSteps = 0;   // commits of DataPlane::widen()
+    size_t narrowChains = 0;   // after the last commit: DNAT chains whose count window is not written yet
     std::optional<std::chrono::system_clock::time_point> lastSuccess;
   };
   Stats stats() const;
@@ -120,6 +126,8 @@ class SyncRunner {
   void loop();
   // The sync itself; fills `report`. Returns the sync's status.
   Status runSync(SyncReport& report);
+  // One step of idle work (DataPlane::widen). Returns its status.
+  Status runWiden();
 
   StateStore& store_;
   DataPlane& dataplane_;

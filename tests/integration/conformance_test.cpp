@@ -208,24 +208,29 @@ TEST_CASE("kernel: conformance — every service-semantics §8 scenario with rea
 TEST_CASE("kernel: conformance — every service-semantics §8 scenario with real IPv6 packets") { runTable(IPFamily::kV6); }
 
 // What the planner writes for the richer Services (external dispatch, source ranges, affinity
-// sets, NodePorts) is printed back by `nft` rule for rule: nothing nft cannot decompile (§7).
-TEST_CASE("kernel: conformance — nft prints every rule of the external, firewall and affinity chains") {
+// sets, NodePorts, count-gated slot chains with their whole window) is printed back by `nft`
+// rule for rule: nothing nft cannot decompile (§7).
+TEST_CASE("kernel: conformance — nft prints every rule of the external, firewall, affinity and count-gated chains") {
   Bed bed = makeBed();
-  for (IPFamily f : {IPFamily::kV4, IPFamily::kV6}) {
+  const std::pair<IPFamily, uint32_t> cases[] = {
+      {IPFamily::kV4, 30}, {IPFamily::kV6, 30}, {IPFamily::kV4, 0}, {IPFamily::kV6, 0}};  // family, affinity
+  for (const auto& [f, affinity] : cases) {
     CAPTURE(familyName(f));
+    CAPTURE(affinity);
     Snapshot snap;
     Scenario s;
     s.service.type = ServiceType::kLoadBalancer;
     s.service.ports = {{"http", Protocol::kTCP, 80, 80, kNodePortNumber}};
     s.service.externalIP = s.service.loadBalancerIP = s.service.sourceRanges = true;
     s.service.externalPolicy = TrafficPolicy::kLocal;
-    s.service.affinitySeconds = 30;
+    s.service.affinitySeconds = affinity;
     s.service.endpoints = {{1, true}, {2, false}};
     snap = makeSnapshot(s, f);
     const ProxyConfig cfg = makeConfig(s, f);
     DataPlane dp(cfg, *bed.backend);
     auto r = dp.sync(snap);
     REQUIRE_MESSAGE(r.status.isOk(), r.status.toString());
+    while (dp.narrowChains() > 0) REQUIRE(dp.widen(10).status.isOk());
     auto listing = execIn(bed.topo->node(), {"nft", "list", "table", f == IPFamily::kV4 ? "ip" : "ip6", "sluice"});
     REQUIRE_MESSAGE(listing.isOk(), listing.status().toString());
     std::set<std::string> lines;
@@ -240,9 +245,16 @@ TEST_CASE("kernel: conformance — nft prints every rule of the external, firewa
         }
     for (const auto& rule : planBase(cfg).rules)
       CHECK_MESSAGE(lines.count(rule.text) == 1, "nft does not print: " << rule.text << "\n" << *listing);
-    CHECK(rules >= 8);  // ext, fw, and two affinity DNAT chains
-    CHECK(listing->find("flags dynamic,timeout") != std::string::npos);
-    CHECK(listing->find("timeout 30s") != std::string::npos);
+    if (affinity) {
+      CHECK(rules >= 8);  // ext, fw, and two affinity DNAT chains
+      CHECK(listing->find("flags dynamic,timeout") != std::string::npos);
+      CHECK(listing->find("timeout 30s") != std::string::npos);
+    } else {
+      // ext, fw, svc- with counts 2, 1, 3 and local- with counts 1, 2.
+      CHECK(rules >= 8);
+      CHECK(listing->find("typeof numgen random mod 1 . numgen random mod 1") != std::string::npos);
+      CHECK(listing->find("@slot-counts dnat") != std::string::npos);
+    }
     nft::Transaction drop;
     drop.destroy(nft::Table{cfg.table(), {}});
     REQUIRE(bed.backend->apply(drop).isOk());

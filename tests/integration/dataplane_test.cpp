@@ -490,6 +490,18 @@ TEST_CASE("kernel: an endpoint removed from the slice leaves the rotation, and c
   snapshot.upsertService(webService(1));
   snapshot.upsertSlice(webSlice({1, 2, 3}));
   requireSync(dp, snapshot);
+  // With the count windows written (as sluiced does when idle), every change below moves count
+  // gates and map elements only: the kernel keeps the very same rules (same handles).
+  while (dp.narrowChains() > 0) REQUIRE(dp.widen(100).status.isOk());
+  auto gatedRules = [&] {
+    std::string out;
+    std::istringstream in(nftIn(*topo, {"-a", "list", "table", "ip", "sluice"}));
+    for (std::string line; std::getline(in, line);)
+      if (line.find("@slot-counts dnat") != std::string::npos) out += line + "\n";
+    return out;
+  };
+  const std::string rules = gatedRules();
+  CHECK(std::count(rules.begin(), rules.end(), '\n') == 6);  // two ports × counts 3, 2, 4
   const IPAddress vip = Topology::serviceIP(1, kV4);
   checkSpread(topo->client(), Protocol::kTCP, vip, kHttpPort, 60, ids({1, 2, 3}));
   checkSpread(topo->client(), Protocol::kUDP, vip, kDnsPort, 60, ids({1, 2, 3}));
@@ -499,6 +511,7 @@ TEST_CASE("kernel: an endpoint removed from the slice leaves the rotation, and c
   auto r = dp.sync(snapshot);
   REQUIRE_MESSAGE(r.status.isOk(), r.status.toString());
   CHECK_FALSE(r.full);
+  CHECK(gatedRules() == rules);
   // 2 endpoints, 40 probes: P(one never hit) = 2·2^-40. (A new TCP connection on the tuple of
   // an old, closed one gets a fresh conntrack entry and so a fresh DNAT decision.)
   checkSpread(topo->client(), Protocol::kTCP, vip, kHttpPort, 40, ids({1, 3}));
@@ -519,6 +532,7 @@ TEST_CASE("kernel: an endpoint removed from the slice leaves the rotation, and c
   requireSync(dp, snapshot);
   checkSpread(topo->client(), Protocol::kTCP, vip, kHttpPort, 60, ids({1, 2, 3}));
   checkSpread(topo->client(), Protocol::kUDP, vip, kDnsPort, 60, ids({1, 2, 3}));
+  CHECK(gatedRules() == rules);
 }
 
 TEST_CASE("kernel: hairpin traffic is masqueraded, other pod traffic keeps its source") {

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -63,7 +64,7 @@ std::string canonicalDump(const nft::FakeBackend& fake) {
   REQUIRE(t);
   std::string out;
   for (const auto& [name, set] : t->sets) {
-    if (name.rfind("endpoints-", 0) == 0) continue;
+    if (name.rfind("endpoints-", 0) == 0 || name == names::kSlotCounts) continue;
     out += "set " + name + ":";
     for (const auto& [key, e] : set.elements) {
       out += " " + fmt::format("{}", fmt::join(key, ","));
@@ -74,12 +75,25 @@ std::string canonicalDump(const nft::FakeBackend& fake) {
   for (const auto& [name, cs] : t->chains) {
     out += "chain " + name + "\n";
     for (const auto& r : cs.rules) {
+      // A count-gated rule is live only while its gate `slot base . count` is in slot-counts
+      // (the window of dead neighbours depends on history); the last numgen and lookup are the
+      // dnat's.
+      std::vector<const nft::Numgen*> numgens;
       const nft::Numgen* ng = nullptr;
       const nft::Lookup* lk = nullptr;
+      bool live = true;
       for (const auto& e : r.exprs) {
-        if (auto* x = std::get_if<nft::Numgen>(&e)) ng = x;
-        if (auto* x = std::get_if<nft::Lookup>(&e)) lk = x;
+        if (auto* x = std::get_if<nft::Numgen>(&e)) numgens.push_back(ng = x);
+        if (auto* x = std::get_if<nft::Lookup>(&e)) {
+          lk = x;
+          if (x->set == names::kSlotCounts) {
+            REQUIRE(numgens.size() == 2);
+            const auto key = nft::KeyBuilder().u32host(numgens[0]->offset).u32host(numgens[1]->offset).take();
+            live = t->sets.at(names::kSlotCounts).elements.count(key) > 0;
+          }
+        }
       }
+      if (!live) continue;
       if (!ng || !lk || lk->set.rfind("endpoints-", 0) != 0) {
         out += "  " + r.text + "\n";
         continue;
@@ -201,33 +215,166 @@ TEST_CASE("planner: endpoint slots are placed in the endpoints map, and keep the
   s.upsertSlice(slice("ns", "a-1", "a", {{"", Protocol::kTCP, 80}}, {endpoint("198.18.1.1"), endpoint("198.18.1.2")}));
   s.upsertSlice(slice("ns", "b-1", "b", {{"", Protocol::kTCP, 80}}, {endpoint("198.18.1.3")}));
   REQUIRE(dp.sync(s).status.isOk());
+  // The full sync wrote one rule per chain; widening adds the rest of each window.
+  CHECK(dp.narrowChains() == 2);
+  REQUIRE(dp.widen(100).status.isOk());
+  CHECK(dp.narrowChains() == 0);
   auto chainOf = [&](const char* svc) {
     return dp.planner().fragments().at({"ns", svc}).chains.at(0);
   };
+  auto table = [&] { return fake.table(nft::Family::kIPv4, "sluice"); };
+  // The rules of a chain with slot base B: one per count of the window, each gated by B . count.
+  auto gatedRules = [](uint32_t base, uint32_t center, uint32_t low, uint32_t high) {
+    const std::string b = base ? fmt::format(" offset {}", base) : "";
+    std::vector<std::string> out;
+    std::vector<uint32_t> counts{center};
+    for (uint32_t c = low; c <= high; ++c)
+      if (c != center) counts.push_back(c);
+    for (uint32_t c : counts)
+      out.push_back(fmt::format("meta l4proto tcp numgen random mod 1{} . numgen random mod 1 offset {} @slot-counts "
+                                "dnat ip to numgen random mod {}{} map @endpoints-0",
+                                b, c, c, b));
+    return out;
+  };
+  auto rulesOf = [&](const std::string& chain) {
+    std::vector<std::string> out;
+    for (const auto& r : table()->chains.at(chain).rules) out.push_back(r.text);
+    return out;
+  };
+  auto gates = [&] {
+    std::set<std::pair<uint32_t, uint32_t>> out;
+    for (const auto& [key, _] : table()->sets.at(names::kSlotCounts).elements) {
+      uint32_t base = 0, count = 0;
+      std::memcpy(&base, key.data(), 4);
+      std::memcpy(&count, key.data() + 4, 4);
+      out.emplace(base, count);
+    }
+    return out;
+  };
+  // Ranges are powers of two (at least 4) with room for one more endpoint (the window).
   const auto a = chainOf("a"), b = chainOf("b");
   CHECK(a.slotCapacity == 4);
   CHECK(b.slotCapacity == 4);
   CHECK(a.slotBase != b.slotBase);
-  CHECK(fake.table(nft::Family::kIPv4, "sluice")->chains.at(a.name).rules.back().text ==
-        fmt::format("meta l4proto tcp dnat ip to numgen random mod 2{} map @endpoints-0",
-                    a.slotBase ? fmt::format(" offset {}", a.slotBase) : ""));
-  // Two more endpoints still fit in a's range of 4: same base, one rule and two elements change.
+  // Rules for 2 (first), 1 and 3 endpoints; the gate enables the one for 2.
+  CHECK(rulesOf(a.name) == gatedRules(a.slotBase, 2, 1, 3));
+  CHECK(gates() == std::set<std::pair<uint32_t, uint32_t>>{{a.slotBase, 2}, {b.slotBase, 1}});
+  // A third endpoint: same range, same rules; the gate and one slot change, nothing else.
+  s.upsertSlice(slice("ns", "a-1", "a", {{"", Protocol::kTCP, 80}},
+                      {endpoint("198.18.1.1"), endpoint("198.18.1.2"), endpoint("198.18.1.4")}));
+  auto r = dp.sync(s);
+  REQUIRE(r.status.isOk());
+  CHECK(r.operations == 4);  // slot-counts: delete + add; endpoints-0: add; hairpin: add
+  CHECK(rulesOf(a.name) == gatedRules(a.slotBase, 2, 1, 3));
+  CHECK(gates() == std::set<std::pair<uint32_t, uint32_t>>{{a.slotBase, 3}, {b.slotBase, 1}});
+  // A fourth leaves the window around 2: the rules are rewritten around 4 (capped by the range).
   s.upsertSlice(slice("ns", "a-1", "a", {{"", Protocol::kTCP, 80}},
                       {endpoint("198.18.1.1"), endpoint("198.18.1.2"), endpoint("198.18.1.4"), endpoint("198.18.1.5")}));
   REQUIRE(dp.sync(s).status.isOk());
   CHECK(chainOf("a").slotBase == a.slotBase);
-  // A fifth does not: a new range of 8; the old one is freed and reused by the next that needs 4.
+  CHECK(rulesOf(a.name) == gatedRules(a.slotBase, 4, 3, 4));
+  // A fifth does not fit: a new range of 8; the old one is freed and reused by the next that needs 4.
   s.upsertSlice(slice("ns", "a-1", "a", {{"", Protocol::kTCP, 80}},
                       {endpoint("198.18.1.1"), endpoint("198.18.1.2"), endpoint("198.18.1.4"), endpoint("198.18.1.5"),
                        endpoint("198.18.1.6")}));
   REQUIRE(dp.sync(s).status.isOk());
   CHECK(chainOf("a").slotCapacity == 8);
+  CHECK(rulesOf(a.name) == gatedRules(chainOf("a").slotBase, 5, 4, 6));
   s.upsertService(clusterIPService("ns", "c", "198.18.100.3", {{"", Protocol::kTCP, 80, 0}}));
-  s.upsertSlice(slice("ns", "c-1", "c", {{"", Protocol::kTCP, 80}}, {endpoint("198.18.1.7")}));
+  s.upsertSlice(slice("ns", "c-1", "c", {{"", Protocol::kTCP, 80}},
+                      {endpoint("198.18.1.7"), endpoint("198.18.1.8"), endpoint("198.18.1.9")}));
   REQUIRE(dp.sync(s).status.isOk());
   CHECK(chainOf("c").slotBase == a.slotBase);
-  // The map holds exactly the live slots: 5 + 1 + 1.
-  CHECK(fake.table(nft::Family::kIPv4, "sluice")->sets.at("endpoints-0").elements.size() == 7);
+  // The map holds exactly the live slots (5 + 1 + 3), and every chain has one gate.
+  CHECK(table()->sets.at("endpoints-0").elements.size() == 9);
+  CHECK(gates() == std::set<std::pair<uint32_t, uint32_t>>{
+                       {chainOf("a").slotBase, 5}, {b.slotBase, 1}, {chainOf("c").slotBase, 3}});
+}
+
+TEST_CASE("planner: without count gates a chain has one dnat rule, rewritten when its count changes") {
+  nft::FakeBackend fake;
+  ProxyConfig cfg = config();
+  cfg.countWindow = 0;
+  DataPlane dp(cfg, fake);
+  Snapshot s;
+  s.upsertService(clusterIPService("ns", "a", "198.18.100.1", {{"", Protocol::kTCP, 80, 0}}));
+  s.upsertSlice(slice("ns", "a-1", "a", {{"", Protocol::kTCP, 80}}, {endpoint("198.18.1.1"), endpoint("198.18.1.2")}));
+  REQUIRE(dp.sync(s).status.isOk());
+  const auto a = dp.planner().fragments().at({"ns", "a"}).chains.at(0);
+  auto t = [&] { return fake.table(nft::Family::kIPv4, "sluice"); };
+  CHECK(t()->sets.count(names::kSlotCounts) == 0);
+  REQUIRE(t()->chains.at(a.name).rules.size() == 1);
+  CHECK(t()->chains.at(a.name).rules.back().text ==
+        fmt::format("meta l4proto tcp dnat ip to numgen random mod 2{} map @endpoints-0",
+                    a.slotBase ? fmt::format(" offset {}", a.slotBase) : ""));
+  s.upsertSlice(slice("ns", "a-1", "a", {{"", Protocol::kTCP, 80}}, {endpoint("198.18.1.1")}));
+  auto r = dp.sync(s);
+  REQUIRE(r.status.isOk());
+  CHECK(r.operations == 4);  // flush the chain, its rule (mod 1), the freed slot, the hairpin element
+  REQUIRE(t()->chains.at(a.name).rules.size() == 1);
+  CHECK(t()->chains.at(a.name).rules.back().text.find("numgen random mod 1 ") != std::string::npos);
+}
+
+TEST_CASE("planner: a full sync writes each chain's live rule only, and widening adds its window off the latency path") {
+  nft::FakeBackend fake;
+  DataPlane dp(config(), fake);
+  Snapshot s;
+  for (int i = 0; i < 5; ++i) {
+    const std::string name = "svc" + std::to_string(i), cip = "198.18.100." + std::to_string(i);
+    s.upsertService(clusterIPService("ns", name, cip.c_str(), {{"", Protocol::kTCP, 80, 0}}));
+    s.upsertSlice(slice("ns", name + "-1", name, {{"", Protocol::kTCP, 80}},
+                        {endpoint(("198.18.1." + std::to_string(i)).c_str()),
+                         endpoint(("198.18.2." + std::to_string(i)).c_str())}));
+  }
+  REQUIRE(dp.sync(s).status.isOk());
+  auto chain = [&](int i) { return dp.planner().fragments().at({"ns", "svc" + std::to_string(i)}).chains.at(0); };
+  auto rules = [&](int i) { return fake.table(nft::Family::kIPv4, "sluice")->chains.at(chain(i).name).rules.size(); };
+  CHECK(dp.narrowChains() == 5);
+  for (int i = 0; i < 5; ++i) {
+    CHECK(chain(i).gateNarrow);
+    CHECK(rules(i) == 1);
+  }
+  // An endpoint replaced (same count) leaves a narrow chain narrow.
+  s.upsertSlice(slice("ns", "svc0-1", "svc0", {{"", Protocol::kTCP, 80}},
+                      {endpoint("198.18.1.0"), endpoint("198.18.3.0")}));
+  REQUIRE(dp.sync(s).status.isOk());
+  CHECK(chain(0).gateNarrow);
+  CHECK(rules(0) == 1);
+  // A count change on a narrow chain rewrites its rules, with the whole window at once.
+  s.upsertSlice(slice("ns", "svc1-1", "svc1", {{"", Protocol::kTCP, 80}}, {endpoint("198.18.1.1")}));
+  REQUIRE(dp.sync(s).status.isOk());
+  CHECK_FALSE(chain(1).gateNarrow);
+  CHECK(rules(1) == 2);  // counts 1 and 2
+  CHECK(dp.narrowChains() == 4);
+  // Widening in steps: rule changes only, a bounded number of chains per commit.
+  auto r = dp.widen(3);
+  REQUIRE(r.status.isOk());
+  CHECK(r.operations == 3 * 2);  // per chain: the rules for counts 1 and 3, after the one for 2
+  CHECK(dp.narrowChains() == 1);
+  r = dp.widen(3);
+  REQUIRE(r.status.isOk());
+  CHECK(dp.narrowChains() == 0);
+  CHECK(dp.widen(3).operations == 0);
+  for (int i : {0, 2, 3, 4}) CHECK(rules(i) == 3);
+  // Now a count change within the window moves the gate only.
+  s.upsertSlice(slice("ns", "svc2-1", "svc2", {{"", Protocol::kTCP, 80}},
+                      {endpoint("198.18.1.2"), endpoint("198.18.2.2"), endpoint("198.18.3.2")}));
+  r = dp.sync(s);
+  REQUIRE(r.status.isOk());
+  CHECK(r.operations == 4);  // slot-counts delete + add, one endpoint slot, its hairpin element (node unknown)
+  CHECK(rules(2) == 3);
+  // A later full sync (periodic, drift repair) keeps the windows, recentred on each count.
+  dp.requestFullSync();
+  REQUIRE(dp.sync(s).status.isOk());
+  CHECK(dp.narrowChains() == 0);
+  CHECK(rules(2) == 3);
+  CHECK(chain(2).gateCenter == 3);
+  CHECK(dp.widen(3).operations == 0);
+  // A new DataPlane (a restart) starts narrow again.
+  nft::FakeBackend fresh;
+  DataPlane restarted(config(), fresh);
+  REQUIRE(restarted.sync(s).status.isOk());
+  CHECK(restarted.narrowChains() == 5);
 }
 
 TEST_CASE("planner: a partial sync touches only the changed Service") {
@@ -242,9 +389,10 @@ TEST_CASE("planner: a partial sync touches only the changed Service") {
     s.upsertSlice(slice("ns", name + "-1", name, {{"", Protocol::kTCP, 8080}}, {endpoint(ep.c_str())}));
   }
   REQUIRE(dp.sync(s).status.isOk());
+  REQUIRE(dp.widen(1000).status.isOk());
 
-  // One endpoint added to one Service: flush its chain, add its rule (now mod 2), add one
-  // endpoint slot and one hairpin element (its node is unknown).
+  // One endpoint added to one Service: its count gate moves (delete + add), and one endpoint
+  // slot and one hairpin element (its node is unknown) are added; its rules stay.
   s.upsertSlice(slice("ns", "svc7-1", "svc7", {{"", Protocol::kTCP, 8080}},
                       {endpoint("198.18.1.7"), endpoint("198.18.2.7")}));
   auto r = dp.sync(s);
@@ -262,7 +410,7 @@ TEST_CASE("planner: a partial sync touches only the changed Service") {
   s.removeService({"ns", "svc3"});
   r = dp.sync(s);
   REQUIRE(r.status.isOk());
-  CHECK(r.operations == 5);  // elements of cluster-ips, service-ips, hairpin, endpoints; the chain
+  CHECK(r.operations == 6);  // elements of cluster-ips, service-ips, hairpin, endpoints, slot-counts; the chain
   CHECK(fake.dump().find("ns/svc3/") == std::string::npos);
 }
 

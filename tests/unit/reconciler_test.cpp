@@ -296,3 +296,53 @@ TEST_CASE("SyncRunner: listeners see the committed state and what changed") {
   CHECK(listener.changed[1] == std::set<ObjectName>{{"default", "web"}});
   CHECK(listener.chains == 1);
 }
+
+TEST_CASE("SyncRunner: when idle after a full sync it widens the count windows, a bounded step per commit") {
+  RunnerFixture fx(SyncOptions{.widenChains = 2});
+  std::mutex mu;
+  std::vector<SyncReport> hooked;  // afterSync sees the widening commits (the drift monitor must)
+  fx.runner->setSyncHooks({{}, [&](const SyncReport& r) {
+                             std::lock_guard l(mu);
+                             hooked.push_back(r);
+                           }});
+  for (int i = 0; i < 5; ++i) {
+    const std::string name = "svc" + std::to_string(i), vip = "198.19.0." + std::to_string(20 + i);
+    fx.src.upsertService(clusterIPService("default", name, vip.c_str(), {{"http", Protocol::kTCP, 80, 0}}));
+    fx.src.upsertSlice(slice("default", name + "-1", name, {{"http", Protocol::kTCP, 8080}},
+                             {endpoint(("198.18.1." + std::to_string(i)).c_str()),
+                              endpoint(("198.18.2." + std::to_string(i)).c_str())}));
+  }
+  syncAll(fx.src);
+  fx.runner->start();
+  auto stats = [&] { return fx.runner->stats(); };
+  bool done = false;
+  for (int i = 0; i < 500 && !done; ++i) {
+    done = stats().syncs >= 1 && stats().narrowChains == 0;
+    if (!done) std::this_thread::sleep_for(10ms);
+  }
+  REQUIRE(done);
+  // 5 chains, 2 per step.
+  CHECK(stats().widenSteps == 3);
+  CHECK(stats().syncs == 1);
+  CHECK(stats().failures == 0);
+  {
+    std::lock_guard l(mu);
+    REQUIRE(hooked.size() == 4);
+    CHECK(hooked[0].full);
+    for (size_t i = 1; i < hooked.size(); ++i) {
+      CHECK_FALSE(hooked[i].full);
+      CHECK(hooked[i].status.isOk());
+      CHECK(hooked[i].operations == (i < 3 ? 4u : 2u));  // two rules per widened chain
+    }
+  }
+  // The metrics observer saw the sync, not the idle work.
+  {
+    std::lock_guard l(fx.obs.mu);
+    CHECK(fx.obs.reports.size() == 1);
+  }
+  const auto& rules = fx.fake.table(nft::Family::kIPv4, "sluice")
+                          ->chains.at(names::serviceChain({"default", "svc0"}, Protocol::kTCP, "http"))
+                          .rules;
+  CHECK(rules.size() == 3);
+  fx.runner->stop();
+}

@@ -169,6 +169,7 @@ enum class Typeof : uint8_t {
   kNone,
   kNumgen,        // typeof numgen random mod 1
   kDaddrThDport,  // typeof ip daddr . th dport (ip6 daddr in an ip6 table)
+  kNumgenPair,    // typeof numgen random mod 1 . numgen random mod 1 (two integers)
 };
 
 struct Set {

@@ -30,6 +30,10 @@ class RuleBuilder {
   RuleBuilder& numgenEq(uint32_t mod, uint32_t value);        // numgen random mod N V
   RuleBuilder& saddrDaddrInSet(const std::string& set);       // ip saddr . ip daddr @set
   RuleBuilder& markAndEq(uint32_t mask, uint32_t value);      // meta mark & M == V
+  // numgen random mod 1 offset A . numgen random mod 1 offset B @set — the constant pair A . B
+  // is in the set. `numgen random mod 1 offset X` is how sluice loads a constant: the kernel
+  // would take an immediate too, but nft prints an immediate lookup key as "[invalid type]".
+  RuleBuilder& constantPairInSet(uint32_t a, uint32_t b, const std::string& set);
   // --- statements ---
   RuleBuilder& markSetOr(uint32_t bits);                      // meta mark set meta mark | B
   RuleBuilder& markSetXor(uint32_t bits);                     // meta mark set meta mark ^ B
