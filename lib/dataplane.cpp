@@ -11,6 +11,12 @@ DataPlane::SyncResult DataPlane::sync(Snapshot& snapshot) {
   return apply(full ? planner_.planFull(snapshot) : planner_.planPartial(snapshot, dirty), t0);
 }
 
+bool DataPlane::unchangedSinceCommit() {
+  if (fullSyncPending() || !lastGeneration_) return false;
+  const auto now = backend_.currentGeneration();
+  return now && *now == *lastGeneration_;
+}
+
 DataPlane::SyncResult DataPlane::widen(size_t maxChains) {
   if (fullSyncPending() || planner_.narrowChains() == 0) return {};
   return apply(planner_.planWiden(maxChains), std::chrono::steady_clock::now());
@@ -30,9 +36,12 @@ DataPlane::SyncResult DataPlane::apply(Planner::Plan&& plan, std::chrono::steady
     // Atomic: nothing of the plan reached the kernel. Replace everything next time, which
     // also re-plans the Services whose changes this attempt carried.
     needFull_ = true;
+    lastGeneration_.reset();
     return r;
   }
   r.generation = backend_.lastGeneration();
+  // An empty batch commits no generation; the last one still describes the table then.
+  if (r.generation) lastGeneration_ = r.generation;
   planner_.commit(std::move(plan));
   needFull_ = false;
   return r;

@@ -646,7 +646,9 @@ void addGateElement(const FragmentChain& fc, std::vector<Element>& out) {
   out.emplace_back().key = KeyBuilder().u32host(fc.slotBase).u32host(uint32_t(fc.slots.size())).take();
 }
 
-bool gated(const FragmentChain* c) { return c && c->usesSlotMap() && c->countWindow > 0; }
+// Whether the chain's rules are count-gated (and so own a `slot-counts` element). A narrow chain
+// has the one ungated rule of a chain without gates.
+bool gated(const FragmentChain* c) { return c && c->usesSlotMap() && c->countWindow > 0 && !c->gateNarrow; }
 
 nft::Set endpointsMapObject(const ProxyConfig& cfg, uint32_t shard) {
   nft::Set m{cfg.table(), names::endpointsMap(shard), {DataType::kInteger}, {addrType(cfg), DataType::kInetService},
@@ -684,7 +686,7 @@ std::vector<std::pair<IPAddress, uint16_t>> distinctEndpoints(const FragmentChai
 std::vector<nft::Rule> FragmentChain::rules(const nft::TableRef& table) const {
   if (!fixedRules.empty()) return fixedRules;
   std::vector<nft::Rule> out;
-  if (affinitySeconds == 0 && countWindow == 0) {
+  if (affinitySeconds == 0 && (countWindow == 0 || gateNarrow)) {
     out.push_back(RuleBuilder(table, name)
                       .l4proto(protocol)
                       .dnatNumgenMap(uint32_t(slots.size()), slotBase, names::endpointsMap(shard))
@@ -692,7 +694,7 @@ std::vector<nft::Rule> FragmentChain::rules(const nft::TableRef& table) const {
     return out;
   }
   if (affinitySeconds == 0) {
-    const uint32_t w = gateNarrow ? 0 : countWindow;
+    const uint32_t w = countWindow;
     const uint32_t low = gateCenter > w ? gateCenter - w : 1;
     const uint32_t high = std::min(gateCenter + w, slotCapacity);
     auto gatedRule = [&](uint32_t count) {
@@ -702,7 +704,7 @@ std::vector<nft::Rule> FragmentChain::rules(const nft::TableRef& table) const {
                         .dnatNumgenMap(count, slotBase, names::endpointsMap(shard))
                         .build());
     };
-    // The center first: it is the narrow chain's one rule, so widening only appends.
+    // The centre first: the live rule is found first while the count has not moved.
     gatedRule(gateCenter);
     for (uint32_t count = low; count <= high; ++count)
       if (count != gateCenter) gatedRule(count);
@@ -1085,27 +1087,22 @@ Planner::Plan Planner::planWiden(size_t maxChains) {
   plan.slots = slots_;
   plan.endpointShards = endpointShards_;
   const nft::TableRef table = cfg_.table();
-  size_t widened = 0;
+  std::vector<Element> gates;
   for (const auto& [id, f] : fragments_) {
-    if (widened >= maxChains) break;
-    if (narrowChainsOf(f) == 0) continue;
-    ServiceFragment wide = f;
-    for (auto& c : wide.chains) {
-      if (!c.gateNarrow || !c.usesSlotMap()) continue;
-      c.gateNarrow = false;
-      // Appended after the chain's one rule (the center comes first in rules()), not written
-      // over it: the kernel checks a rule's map binding against every element of the map
-      // unless another rule of the same chain is bound to it already, and a flushed rule no
-      // longer is (≈ 0.1 ms per chain at 10 000 Services, design §3).
-      auto rules = c.rules(table);
-      for (size_t i = 1; i < rules.size(); ++i) plan.tx.add(std::move(rules[i]));
-      ++widened;
+    if (plan.widened.size() >= maxChains) break;
+    for (size_t i = 0; i < f.chains.size(); ++i) {
+      if (!f.chains[i].gateNarrow || !f.chains[i].usesSlotMap()) continue;
+      FragmentChain wide = f.chains[i];
+      wide.gateNarrow = false;
+      // The ungated rule goes, the gated window and its gate come, in one atomic batch.
+      plan.tx.flush(wide.chain(table));
+      for (auto& r : wide.rules(table)) plan.tx.add(std::move(r));
+      addGateElement(wide, gates);
+      plan.widened.emplace_back(id, i);
     }
-    // commit() takes a planned Service out of blocked_ unless the plan blocks it again.
-    if (blocked_.count(id)) plan.blocked.insert(id);
-    plan.fragments.emplace_hint(plan.fragments.end(), id, std::move(wide));
+    if (!plan.widened.empty() && plan.widened.back().first == id) ++plan.servicesPlanned;
   }
-  plan.servicesPlanned = plan.fragments.size();
+  if (!gates.empty()) plan.tx.add(nft::Elements{table, names::kSlotCounts, std::move(gates)});
   return plan;
 }
 
@@ -1130,6 +1127,11 @@ void Planner::commit(Plan&& plan) {
       fragments_.insert_or_assign(id, std::move(f));
     }
     blocked_.insert(plan.blocked.begin(), plan.blocked.end());
+    for (const auto& [id, chain] : plan.widened) {
+      FragmentChain& c = fragments_.at(id).chains.at(chain);
+      if (c.gateNarrow) --narrow_;
+      c.gateNarrow = false;
+    }
     for (auto& [k, s] : plan.elements) {
       if (s.owners.empty())
         elements_.erase(k);

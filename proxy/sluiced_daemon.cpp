@@ -276,7 +276,15 @@ Status Daemon::startPlane(Plane& plane) {
   auto runner = std::make_unique<SyncRunner>(plane.store, *plane.dataPlane, so, &plane);
   runner->addListener(&plane);
   if (plane.drain) runner->addListener(plane.drain.get());
-  if (drift_) runner->setSyncHooks(drift_->syncHooks());
+  SyncHooks hooks;
+  if (drift_) hooks = drift_->syncHooks();
+  // Widening after the first sync frees what it allocates, step by step; hand the pages back
+  // once it is done, as after a full sync (Daemon::afterSync).
+  hooks.afterSync = [after = std::move(hooks.afterSync)](const SyncReport& r) {
+    if (after) after(r);
+    if (r.widening && r.status && r.narrowChains == 0) malloc_trim(0);
+  };
+  runner->setSyncHooks(std::move(hooks));
   {
     std::lock_guard lock(runnersMu_);
     plane.runner = std::move(runner);  // the old one is stopped already

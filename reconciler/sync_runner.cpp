@@ -136,6 +136,8 @@ Status SyncRunner::runWiden() {
   report.operations = r.operations;
   report.servicesPlanned = r.servicesPlanned;
   report.generation = r.generation;
+  report.widening = true;
+  report.narrowChains = dataplane_.narrowChains();
   {
     std::lock_guard lock(mu_);
     ++stats_.widenSteps;
@@ -145,7 +147,11 @@ Status SyncRunner::runWiden() {
       pending_ = true;  // the next sync replaces the table (DataPlane::sync)
     }
   }
-  if (!r.status) spdlog::warn("widening count windows failed, next sync replaces the whole table: {}", r.status.toString());
+  if (!r.status)
+    spdlog::warn("widening count windows failed, next sync replaces the whole table: {}", r.status.toString());
+  else
+    spdlog::debug("count windows: {} rules added in {:.3f} ms, {} chains left narrow", r.operations,
+                  std::chrono::duration<double, std::milli>(report.duration).count(), dataplane_.narrowChains());
   // The drift monitor must know this commit is sluice's own.
   if (hooks_.afterSync) hooks_.afterSync(report);
   return r.status;
@@ -168,6 +174,10 @@ void SyncRunner::loop() {
     bool want = pending_ || fullRequested_ || now >= fullDue;
     if (!want && options_.widenChains > 0 && stats_.narrowChains > 0 && now >= retryAt) {
       // Idle: a step of widening, then look for changes again.
+      if (now < lastSync + options_.widenAfter) {
+        cv_.wait_until(lock, lastSync + options_.widenAfter);
+        continue;
+      }
       lock.unlock();
       const Status st = runWiden();
       lock.lock();
@@ -180,6 +190,13 @@ void SyncRunner::loop() {
     }
     if (now < notBefore) {
       cv_.wait_until(lock, notBefore, [&] { return stopping_; });
+      continue;
+    }
+    if (now >= fullDue && !pending_ && !fullRequested_ && dataplane_.unchangedSinceCommit()) {
+      // Periodic verification by generation: nobody committed since sluice did, so the table
+      // is what sluice left and rebuilding it would change nothing.
+      ++stats_.verifiedUnchanged;
+      lastFull = now;
       continue;
     }
     if (now >= fullDue) fullRequested_ = true;

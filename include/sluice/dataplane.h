@@ -47,6 +47,9 @@ class DataPlane {
   void requestFullSync() { needFull_ = true; }
   // Whether the next sync() replaces the whole table.
   bool fullSyncPending() const { return needFull_ || !planner_.hasCommitted(); }
+  // Whether the kernel provably holds what the last commit left: the ruleset generation has not
+  // moved since (no commit by anyone in the namespace). False when the backend cannot tell.
+  bool unchangedSinceCommit();
 
   const Planner& planner() const { return planner_; }
   std::map<ObjectName, std::vector<Problem>> problems() const { return planner_.problems(); }
@@ -57,6 +60,7 @@ class DataPlane {
 
   Planner planner_;
   nft::Backend& backend_;
+  std::optional<uint32_t> lastGeneration_;  // of the last commit that changed something
   bool needFull_ = true;
 };
 

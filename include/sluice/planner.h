@@ -129,8 +129,9 @@ struct FragmentChain {
   // [1, slotCapacity]; the element `slotBase . slots.size()` of `slot-counts` enables one.
   uint32_t countWindow = 0;
   uint32_t gateCenter = 0;
-  // Only the rule for gateCenter exists. A full plan writes that much, so the whole table loads
-  // as fast as without gates; Planner::planWiden() adds the rest later, off the latency path.
+  // Not gated yet: the chain has the one ungated rule of countWindow 0 and no gate element. The
+  // first full plan writes chains so, and the whole table loads as fast as without gates;
+  // Planner::planWiden() gates them later, off the latency path.
   bool gateNarrow = false;
   uint32_t affinitySeconds = 0;
   std::vector<nft::Rule> fixedRules;
@@ -253,14 +254,17 @@ class Planner {
     ElementTable elements;
     SlotAllocator slots;       // allocator state after the plan
     uint32_t endpointShards = 1;  // number of endpoints maps (fixed between full plans)
+    // planWiden(): the chains (Service, index in its fragment) given their whole count window.
+    // Flipped in place by commit(), so widening copies no fragment.
+    std::vector<std::pair<ObjectName, size_t>> widened;
   };
 
   // Replaces the whole table in one transaction (first sync, after a failure, drift repair).
   Plan planFull(const Snapshot& snapshot);
   // Re-plans only `changed` Services (plus those blocked by a conflict last time).
   Plan planPartial(const Snapshot& snapshot, const std::set<ObjectName>& changed);
-  // Gives up to `maxChains` narrow DNAT chains (FragmentChain::gateNarrow) their whole count
-  // window. Rule changes only: the kernel validates the table once for the batch.
+  // Gives up to `maxChains` narrow DNAT chains (FragmentChain::gateNarrow) their gated count
+  // window: per chain, its rules and its gate (the kernel validates the table once per batch).
   Plan planWiden(size_t maxChains);
   // Committed DNAT chains whose count window is not written yet.
   size_t narrowChains() const { return narrow_; }

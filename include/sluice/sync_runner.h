@@ -4,8 +4,9 @@
 // into one DataPlane::sync(), and keeps the table honest:
 //  - minSyncPeriod: at most one sync per period (0 = as fast as changes come; changes that
 //    arrive while a sync runs are coalesced into the next one);
-//  - syncPeriod: a full sync (whole-table replacement, which also repairs anything edited
-//    behind sluice's back) at least this often;
+//  - syncPeriod: periodic verification at least this often: a full sync (whole-table
+//    replacement, which also repairs anything edited behind sluice's back), skipped when the
+//    ruleset generation shows that nobody has committed since sluice did;
 //  - a failed transaction makes the next sync full and is retried with exponential backoff;
 //  - nothing is programmed before the store is ready (every source synced both kinds).
 // After each successful commit the CommitListeners (drain tracker, UDP conntrack cleanup) see
@@ -28,13 +29,16 @@ namespace sluice {
 
 struct SyncOptions {
   std::chrono::milliseconds minSyncPeriod{0};
-  std::chrono::milliseconds syncPeriod{std::chrono::seconds(30)};  // periodic full sync
+  std::chrono::milliseconds syncPeriod{std::chrono::seconds(30)};  // periodic verification (above)
   std::chrono::milliseconds initialBackoff{100};  // after the first failure; doubles each time
   std::chrono::milliseconds maxBackoff{std::chrono::seconds(30)};
   // Idle work after a full sync: DNAT chains given their count window per commit
   // (DataPlane::widen). A change arriving meanwhile waits for at most one such commit.
   // 0 = never widen (count changes then rewrite rules until the next partial change does).
   size_t widenChains = 1000;
+  // Widening starts only after the runner has been idle this long (sources often deliver a
+  // burst right after the first sync).
+  std::chrono::milliseconds widenAfter{100};
 };
 
 // One finished sync attempt, for metrics.
@@ -46,6 +50,9 @@ struct SyncReport {
   size_t servicesPlanned = 0;
   // The ruleset generation the commit produced, if the backend knows it (DriftMonitor).
   std::optional<uint32_t> generation;
+  // A step of idle widening (DataPlane::widen), not a sync; seen by the sync hooks only.
+  bool widening = false;
+  size_t narrowChains = 0;  // chains left narrow after this commit
 };
 
 // Called on the runner's thread around syncs: `beforeFullSync` right before a full sync
@@ -117,6 +124,9 @@ class SyncRunner {
     uint64_t fullSyncs = 0;
     uint64_t failures = 0;
     uint64_t widenSteps = 0;   // commits of DataPlane::widen()
+    // Periodic full syncs skipped because the ruleset generation had not moved since sluice's
+    // last commit (DataPlane::unchangedSinceCommit()).
+    uint64_t verifiedUnchanged = 0;
     size_t narrowChains = 0;   // after the last commit: DNAT chains whose count window is not written yet
     std::optional<std::chrono::system_clock::time_point> lastSuccess;
   };

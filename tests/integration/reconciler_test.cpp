@@ -97,6 +97,7 @@ struct Agent {
     bool drift = false;
     std::chrono::milliseconds drainTimeout{5000};
     bool startThreads = true;
+    std::chrono::milliseconds syncPeriod{30000};
   };
 
   Agent(const Topology& topo, Options o) {
@@ -104,7 +105,7 @@ struct Agent {
     REQUIRE_MESSAGE(b.isOk(), b.status().toString());
     backend = std::move(b).value();
     dataplane = std::make_unique<DataPlane>(proxyConfig(), *backend);
-    runner = std::make_unique<SyncRunner>(store, *dataplane);
+    runner = std::make_unique<SyncRunner>(store, *dataplane, SyncOptions{.syncPeriod = o.syncPeriod});
     DrainOptions d;
     d.netns = topo.node().path();
     d.enabled = o.drainEnabled;
@@ -234,6 +235,30 @@ TEST_CASE("reconciler: a table flushed or edited by someone else is restored wit
   REQUIRE(execIn(topo->node(), {"nft", "add", "chain", "ip", "other", "c"}).isOk());
   std::this_thread::sleep_for(200ms);
   CHECK(agent.drift->driftsDetected() == before);
+}
+
+TEST_CASE("reconciler: periodic verification rebuilds the table only after someone else committed") {
+  auto topo = makeTopology(1);
+  auto servers = startServers(*topo, 1);
+  Agent agent(*topo, {.syncPeriod = 150ms});
+  agent.publish({{1}});
+  agent.settle();
+  auto waitFor = [&](auto pred) {
+    const auto deadline = std::chrono::steady_clock::now() + 3s;
+    while (!pred(agent.runner->stats()) && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(20ms);
+    return pred(agent.runner->stats());
+  };
+  // Nobody else commits: every period verifies by generation and rebuilds nothing.
+  REQUIRE(waitFor([](const SyncRunner::Stats& s) { return s.verifiedUnchanged >= 3; }));
+  CHECK(agent.runner->stats().fullSyncs == 1);
+  // Any commit in the namespace moves the generation: the next period replaces the table.
+  REQUIRE(execIn(topo->node(), {"nft", "add", "table", "ip", "other"}).isOk());
+  CHECK(waitFor([](const SyncRunner::Stats& s) { return s.fullSyncs == 2; }));
+  const auto verified = agent.runner->stats().verifiedUnchanged;
+  CHECK(waitFor([&](const SyncRunner::Stats& s) { return s.verifiedUnchanged >= verified + 2; }));
+  CHECK(agent.runner->stats().fullSyncs == 2);
+  CHECK(agent.runner->stats().failures == 0);
+  CHECK(probe(topo->client(), Protocol::kTCP, vip(), kTcpPort).answered());
 }
 
 TEST_CASE("reconciler: an edit made while drift detection is paused for a full sync is repaired after it") {

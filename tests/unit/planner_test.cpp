@@ -349,7 +349,7 @@ TEST_CASE("planner: a full sync writes each chain's live rule only, and widening
   // Widening in steps: rule changes only, a bounded number of chains per commit.
   auto r = dp.widen(3);
   REQUIRE(r.status.isOk());
-  CHECK(r.operations == 3 * 2);  // per chain: the rules for counts 1 and 3, after the one for 2
+  CHECK(r.operations == 3 * 4 + 1);  // per chain: flush, the rules for 2, 1 and 3; the gates
   CHECK(dp.narrowChains() == 1);
   r = dp.widen(3);
   REQUIRE(r.status.isOk());

@@ -24,6 +24,10 @@ class Backend {
   // the backend knows it (the kernel's does; the fake has none). A drift monitor that stopped
   // listening around sluice's own commits uses it to tell them from anyone else's.
   virtual std::optional<uint32_t> lastGeneration() const { return std::nullopt; }
+  // The ruleset generation now, if the backend can tell (nullopt: unknown, or asking failed).
+  // Equal to lastGeneration(): nobody has committed anything since, so the ruleset is exactly
+  // what that apply() left.
+  virtual std::optional<uint32_t> currentGeneration() { return std::nullopt; }
 };
 
 struct NetlinkOptions {
@@ -62,6 +66,10 @@ class NetlinkBackend : public Backend {
   std::optional<uint32_t> lastGeneration() const override { return lastGeneration_; }
   // Asks the kernel for the current ruleset generation (NFT_MSG_GETGEN) on this socket.
   Result<uint32_t> generation();
+  std::optional<uint32_t> currentGeneration() override {
+    auto g = generation();
+    return g ? std::optional<uint32_t>(*g) : std::nullopt;
+  }
 
   // Statistics of the last apply, for benchmarks and metrics.
   struct Stats {
