@@ -472,7 +472,8 @@ class Tracer {
     const uint32_t v = k < r.prefix.size() ? r.prefix[k] : 0;
     r.drawn.push_back(v);
     r.mods.push_back(e.mod);
-    ev.add(fmt::format("numgen → {} (one of {})", v + e.offset, e.mod));
+    // `numgen random mod 1 offset X` is how the planner loads a constant (count gates).
+    ev.add(e.mod == 1 ? fmt::format("constant {}", e.offset) : fmt::format("numgen → {} (one of {})", v + e.offset, e.mod));
     return storeU32(regs, e.dreg, v + e.offset);
   }
 

@@ -514,3 +514,36 @@ TEST_CASE("tracer: the planner's ClientIP affinity chain reaches every endpoint 
     CHECK(mentions(o, "∋ 198.18.2.5"));  // the client is recorded for the next connection
   }
 }
+
+TEST_CASE("tracer: a count-gated chain sends each connection to exactly the current endpoints, equally likely") {
+  FakeBackend fake;
+  DataPlane dp(config(), fake);
+  Snapshot s;
+  s.upsertService(clusterIPService("default", "gated", "198.19.0.21", {{"http", Protocol::kTCP, 80, 0}}));
+  auto publish = [&](std::vector<const char*> ips) {
+    std::vector<Endpoint> eps;
+    for (const char* ip : ips) eps.push_back(endpoint(ip, true, true, false, "node-b"));
+    s.upsertSlice(slice("default", "gated-1", "gated", {{"http", Protocol::kTCP, 8080}}, eps));
+    REQUIRE(dp.sync(s).status.isOk());
+    while (dp.narrowChains() > 0) REQUIRE(dp.widen(10).status.isOk());
+  };
+  auto expectSpread = [&](std::vector<const char*> ips) {
+    Trace t = mustTrace(fake, tcp("198.18.2.5", "198.19.0.21", 80));
+    std::set<NatTarget> want;
+    for (const char* ip : ips) want.insert(target(ip, 8080));
+    CHECK(t.dnatTargets() == want);
+    double total = 0;
+    for (const auto& o : t.outcomes) {
+      CHECK(o.probability == doctest::Approx(1.0 / double(ips.size())));
+      total += o.probability;
+    }
+    CHECK(total == doctest::Approx(1.0));
+  };
+  publish({"198.18.1.11", "198.18.1.12", "198.18.1.13"});
+  expectSpread({"198.18.1.11", "198.18.1.12", "198.18.1.13"});
+  // 3 → 4 and 4 → 2 (back through the window's centre): only the gate and the slots move.
+  publish({"198.18.1.11", "198.18.1.12", "198.18.1.13", "198.18.1.14"});
+  expectSpread({"198.18.1.11", "198.18.1.12", "198.18.1.13", "198.18.1.14"});
+  publish({"198.18.1.12", "198.18.1.14"});
+  expectSpread({"198.18.1.12", "198.18.1.14"});
+}
