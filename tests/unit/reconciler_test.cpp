@@ -316,8 +316,13 @@ TEST_CASE("SyncRunner: when idle after a full sync it widens the count windows, 
   fx.runner->start();
   auto stats = [&] { return fx.runner->stats(); };
   bool done = false;
+  auto hookedCount = [&] {
+    std::lock_guard l(mu);
+    return hooked.size();
+  };
+  // stats() changes before the hooks run: wait for both.
   for (int i = 0; i < 500 && !done; ++i) {
-    done = stats().syncs >= 1 && stats().narrowChains == 0;
+    done = stats().syncs >= 1 && stats().narrowChains == 0 && hookedCount() >= 4;
     if (!done) std::this_thread::sleep_for(10ms);
   }
   REQUIRE(done);
