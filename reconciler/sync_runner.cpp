@@ -150,8 +150,9 @@ Status SyncRunner::runWiden() {
   if (!r.status)
     spdlog::warn("widening count windows failed, next sync replaces the whole table: {}", r.status.toString());
   else
-    spdlog::debug("count windows: {} rules added in {:.3f} ms, {} chains left narrow", r.operations,
-                  std::chrono::duration<double, std::milli>(report.duration).count(), dataplane_.narrowChains());
+    spdlog::debug("count gates: chains of {} Services gated ({} operations) in {:.3f} ms, {} chains left",
+                  r.servicesPlanned, r.operations, std::chrono::duration<double, std::milli>(report.duration).count(),
+                  dataplane_.narrowChains());
   // The drift monitor must know this commit is sluice's own.
   if (hooks_.afterSync) hooks_.afterSync(report);
   return r.status;
