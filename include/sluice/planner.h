@@ -142,7 +142,9 @@ struct FragmentChain {
   // The chain's rules. Without affinity: `meta l4proto P dnat to numgen random mod N offset B
   // map @endpoints-K`, or with count gates, for each count C of the window (gateCenter first,
   // then ascending), `meta l4proto P numgen random mod 1 offset B . numgen random mod 1 offset C
-  // @slot-counts dnat to numgen random mod C offset B map @endpoints-K`. With affinity, per endpoint i (distinct endpoints, in slot order):
+  // @slot-counts dnat to numgen random mod C offset B map @endpoints-K` (a chain not gated yet,
+  // gateNarrow: the first form). With affinity, per endpoint i (distinct endpoints, in slot
+  // order):
   //   `meta l4proto P ip saddr @aff_i update @aff_i { ip saddr } dnat to EP_i`  (sticky clients)
   // then `meta l4proto P numgen random mod (n-i) 0 update @aff_i { ip saddr } dnat to EP_i` for
   // i < n-1 and an unconditional last one: a uniform choice, recorded for the client.
