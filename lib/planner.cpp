@@ -650,6 +650,9 @@ void addGateElement(const FragmentChain& fc, std::vector<Element>& out) {
 // has the one ungated rule of a chain without gates.
 bool gated(const FragmentChain* c) { return c && c->usesSlotMap() && c->countWindow > 0 && !c->gateNarrow; }
 
+// A slotted chain that planWiden() has yet to gate.
+bool narrow(const FragmentChain& c) { return c.gateNarrow && c.usesSlotMap(); }
+
 nft::Set endpointsMapObject(const ProxyConfig& cfg, uint32_t shard) {
   nft::Set m{cfg.table(), names::endpointsMap(shard), {DataType::kInteger}, {addrType(cfg), DataType::kInetService},
              0, "Endpoint slots of Service ports", {}};
@@ -1076,8 +1079,7 @@ Planner::Plan Planner::planPartial(const Snapshot& snapshot, const std::set<Obje
 namespace {
 
 size_t narrowChainsOf(const ServiceFragment& f) {
-  return size_t(std::count_if(f.chains.begin(), f.chains.end(),
-                              [](const FragmentChain& c) { return c.gateNarrow && c.usesSlotMap(); }));
+  return size_t(std::count_if(f.chains.begin(), f.chains.end(), narrow));
 }
 
 }  // namespace
@@ -1091,7 +1093,7 @@ Planner::Plan Planner::planWiden(size_t maxChains) {
   for (const auto& [id, f] : fragments_) {
     if (plan.widened.size() >= maxChains) break;
     for (size_t i = 0; i < f.chains.size(); ++i) {
-      if (!f.chains[i].gateNarrow || !f.chains[i].usesSlotMap()) continue;
+      if (!narrow(f.chains[i])) continue;
       FragmentChain wide = f.chains[i];
       wide.gateNarrow = false;
       // The ungated rule goes, the gated window and its gate come, in one atomic batch.
